@@ -1,0 +1,5 @@
+import sys
+
+from mmfusion.cli import main
+
+sys.exit(main())

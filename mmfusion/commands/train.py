@@ -1,0 +1,19 @@
+"""`mmfusion train --config X.yaml [key=value ...]`"""
+
+from __future__ import annotations
+
+import argparse
+
+from mmfusion.config import load_config
+from mmfusion.hardware import describe
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)  # all config errors surface here, before anything runs
+    from mmfusion.training import train
+
+    print(f"mmfusion train: fusion={cfg.model.fusion} encoder={cfg.model.text_encoder} | {describe()}")
+    result = train(cfg)
+    shown = {k: round(v, 4) for k, v in sorted(result.metrics.items()) if k.startswith(("val_", "test_"))}
+    print(f"run {result.run_id}: {shown}")
+    return 0

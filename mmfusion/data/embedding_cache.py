@@ -1,0 +1,64 @@
+"""Chunk embeddings of a frozen text encoder, computed once and shared by every trial and process of a study.
+
+Keyed by encoder, tokenizer settings and data fingerprint; stored as safetensors (no pickle), written atomically.
+Results are identical to encoding on the fly: a frozen encoder runs in eval mode, so its output is deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmfusion.data.datamodule import PreparedData, Split, collate
+from mmfusion.encoders.text import TextEncoder
+
+
+def cache_key(encoder_name: str, max_chunks: int, chunk_len: int, fingerprint: str, split: str, hidden: int) -> str:
+    text = f"{encoder_name}|C={max_chunks}|T={chunk_len}|H={hidden}|{fingerprint}|{split}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@torch.inference_mode()
+def encode_split(split: Split, encoder: TextEncoder, batch_size: int = 64) -> list[torch.Tensor]:
+    """Per sample (n_chunks, H) embeddings; samples are batched by length so little padding is encoded."""
+    order = sorted(range(len(split.chunks)), key=lambda i: sum(map(len, split.chunks[i])))
+    out: list[torch.Tensor | None] = [None] * len(order)
+    encoder.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        items = [{"chunks": split.chunks[i], "numeric": split.numeric[i], "categorical": split.categorical[i], "label": 0, "modality": 0, "index": i} for i in idx]
+        b = collate(items)
+        chunks = encoder.encode_chunks(b["input_ids"], b["attention_mask"], b["chunk_mask"]).float()
+        for row, i in enumerate(idx):
+            out[i] = chunks[row, : len(split.chunks[i])].clone()
+    return out  # type: ignore[return-value]
+
+
+def attach_chunk_embeddings(data: PreparedData, encoder: TextEncoder, encoder_name: str, max_chunks: int, chunk_len: int, cache_dir: str | None) -> dict[str, int]:
+    """Fill `split.chunk_embeddings` for every split, from the cache where present. -> {"hits": n, "misses": n}."""
+    stats = {"hits": 0, "misses": 0}
+    for name, split in data.splits.items():
+        key = cache_key(encoder_name, max_chunks, chunk_len, data.fingerprint, name, encoder.hidden_size)
+        path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
+        if path is not None and path.is_file():
+            stored = load_file(str(path))
+            flat, counts = stored["embeddings"], stored["counts"].tolist()
+            split.chunk_embeddings = list(torch.split(flat, counts))
+            stats["hits"] += 1
+            continue
+        split.chunk_embeddings = encode_split(split, encoder)
+        stats["misses"] += 1
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            counts = torch.tensor([len(e) for e in split.chunk_embeddings], dtype=torch.long)
+            flat = torch.cat(split.chunk_embeddings) if split.chunk_embeddings else torch.zeros(0, encoder.hidden_size)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            save_file({"embeddings": flat.contiguous(), "counts": counts}, tmp)
+            os.replace(tmp, path)  # atomic: concurrent trials never read a half-written file
+    return stats

@@ -1,0 +1,362 @@
+"""Deterministic synthetic buyer-seller messaging data set (text + tabular).
+
+Each sample has a ground-truth informative modality (``true_modality``): the label is
+carried by one "key" message of the dialogue (``text``), by a shift of a few numeric
+features plus class-conditional shipping/payment methods (``tab``), or by both.
+Surface features (message count, character length, missing cells, categories) are
+independent of the informative modality by construction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+TEXT_COLUMN = "dialogue"
+NUMERIC_COLUMNS = ["order_value", "seller_rating", "delivery_days", "n_prior_orders", "refund_ratio"]
+INFORMATIVE_NUMERIC_COLUMNS = ["seller_rating", "delivery_days", "refund_ratio"]
+CATEGORICAL_COLUMNS = ["category", "shipping_method", "payment_method"]
+LABEL_COLUMN = "label"
+ID_COLUMN = "id"
+MODALITY_COLUMN = "true_modality"
+MODALITIES = ("text", "tab", "both")
+
+_BINARY_NAMES = ["resolved", "escalate"]
+_MULTI_NAMES = ["resolved", "damaged", "late", "wrong_item"]
+# Class prototypes in the informative latent subspace (seller_rating, delivery_days,
+# refund_ratio); rows sum to zero so the class mixture has the same mean as the null.
+_PROTOTYPES = {
+    2: [[1, -1, -1], [-1, 1, 1]],
+    3: [[2, -1, -1], [-1, -1, 2], [-1, 2, -1]],
+    4: [[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]],
+}
+_POOL_NAMES = ["resolved", "escalate", "damaged", "late", "wrong_item"]
+_LENGTH_MU, _LENGTH_SIGMA = 0.7, 1.0  # n_messages = 2 + floor(LogNormal(mu, sigma))
+_CAT_STRENGTH = 0.6  # log-odds boost of class-preferred shipping/payment values
+
+_CATEGORIES = {  # category -> (marginal probability, item names)
+    "electronics": (0.22, ["wireless earbuds", "phone charger", "bluetooth speaker", "smart watch",
+                           "laptop stand", "USB hub", "desk lamp", "power bank"]),
+    "clothing": (0.20, ["wool jumper", "denim jacket", "pair of trainers", "rain coat",
+                        "linen shirt", "leather belt", "winter scarf", "summer dress"]),
+    "home": (0.18, ["ceramic vase", "coffee grinder", "set of towels", "cast iron pan",
+                    "wall clock", "bedside table", "throw blanket", "kettle"]),
+    "books": (0.12, ["cookbook", "hardback novel", "travel guide", "box set of comics",
+                     "language workbook", "photo album", "poetry collection", "atlas"]),
+    "toys": (0.10, ["building block set", "puzzle", "plush bear", "remote control car",
+                    "board game", "wooden train", "kite", "doll house"]),
+    "beauty": (0.10, ["face serum", "hair dryer", "perfume", "makeup brush set",
+                      "nail kit", "beard trimmer", "hand cream set", "shampoo bundle"]),
+    "sports": (0.08, ["yoga mat", "pair of dumbbells", "bike helmet", "tennis racket",
+                      "running vest", "water bottle", "camping stove", "skipping rope"]),
+}
+_SHIPPING = (["standard", "express", "economy", "pickup"], [0.45, 0.25, 0.2, 0.1])
+_PAYMENT = (["card", "paypal", "bank_transfer", "gift_card", "cash_on_delivery"],
+            [0.45, 0.3, 0.1, 0.05, 0.1])
+_NAMES = ("Alice Ben Chloe Daniel Emma Farid Grace Hugo Isla Jamal Katie Liam Maya Noah Olga Priya "
+          "Quinn Rosa Sam Tariq Uma Victor Wendy Xavier Yara Zoe Marco Lena Omar Sofia").split()
+_SHOPS = ("Brightside Goods, Maple & Co, The Little Store, Northwind Traders, Urban Nest, "
+          "Blue Harbor Shop, Corner Crate, Pinecone Supplies, Daily Deals Hub, Oak Street Market").split(", ")
+_COURIERS = [("Royal Mail", "RM"), ("DHL", "JD"), ("UPS", "1Z"), ("FedEx", "FX"), ("DPD", "DP"),
+             ("Evri", "EV"), ("GLS", "GL"), ("Parcelforce", "PF")]
+_WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+
+
+def _pool(block: str) -> list[str]:
+    return [line.strip() for line in block.strip().splitlines() if line.strip()]
+
+
+_OPENING = _pool("""
+Hi {shop}, this is {name} writing about order {order}, the {item} I bought on {weekday}.
+Hello, I placed an order for the {item} a few days ago and have a couple of quick questions.
+Good morning, my order number is {order} and I wanted to check a few details with you.
+Hi there, {name} here. I recently bought the {item} from your shop and wanted to get in touch.
+Hey, quick message about my {item}, order {order}, placed through your online store on {weekday}.
+Hello {shop} team, I am contacting you about the {item} on my account, order {order}.
+Hi, I bought a {item} from you last week and wanted to follow up on the order.
+Good afternoon, I have a question about order {order} for the {item}, if you have a minute.
+""")
+_BUYER = _pool("""
+Is it possible to change the delivery address to my work address before the parcel ships?
+Do you offer gift wrapping? The {item} is a present for my sister and her birthday is {weekday}.
+What time does {courier} usually deliver in my area, is it mornings or afternoons?
+Thanks for the update, I will keep an eye on the tracking page over the next few days.
+Could you send the invoice for order {order} to my email? I need it for my expenses.
+Does the {item} come with the original box and manual, or is it packed separately?
+Can I collect the parcel from a local pickup point instead of having it delivered at home?
+Just to check, do I need to be at home to sign for the parcel when it arrives?
+Is there a phone number for {courier} in case I need to rearrange the delivery slot?
+Could you tell me which warehouse the order is shipped from? I am curious about the route.
+Okay, that makes sense. I will let you know if I have any other questions about it.
+Would it be possible to add a second {item} to the same order and pay the difference?
+Great, thank you for getting back to me so quickly, {name} from flat {n}.
+Do you have a loyalty scheme or a discount code for returning customers like me?
+My neighbour at number {n} is usually home, so the courier could leave it there if needed.
+One more thing, does the tracking code {track} work on the {courier} website directly?
+""")
+_SELLER = _pool("""
+Hi {name}, thanks for getting in touch. I have pulled up order {order} and I am looking at it now.
+The parcel went out with {courier}, tracking code {track}. It normally updates within a day.
+Our warehouse is closed at weekends, so messages sent then are answered on Monday morning.
+Could you confirm the delivery address on the order so I can double check it for you?
+You are welcome, {name}. Let us know if there is anything else we can help you with.
+I have added a note to order {order} so the packing team sees it before dispatch.
+Yes, the {item} comes with the original packaging and a printed manual inside the box.
+Invoices are sent automatically, but I can email you a copy of the one for order {order}.
+{courier} usually delivers between eight in the morning and six in the evening on weekdays.
+Gift wrapping is available for a small fee, I can add it to your order if you would like.
+Thanks {name}, I will check with the warehouse and reply as soon as I hear back from them.
+We ship everything from our main warehouse, it usually takes one or two days to reach you.
+Pickup points are supported, just choose one on the {courier} page using your tracking code.
+Of course, I can add that to the order. The total will be updated and sent to your email.
+Returning customers get ten percent off with the code THANKS10 at checkout on our website.
+Good question, the tracking code {track} works on the {courier} site and in their app.
+""")
+_NEUTRAL = _pool("""
+For reference, my order number is {order} and the delivery address is the one on my account.
+The tracking number you gave me is {track}, I will check it on the {courier} site this evening.
+I will be at home most of {weekday}, so the courier can drop the parcel off at any time.
+Just confirming the {item} is the model shown on your page, with the standard accessories.
+My building has a front desk, so {courier} can leave the parcel with the concierge on duty.
+I noticed the order total was {amount}, which matches what the checkout page showed me.
+Can you put the flat number on the label? It is flat {n}, second floor on the left side.
+I ordered the {item} {days} days ago and the status on my account currently says processing.
+The invoice can go to the same email address I used when I registered my account with you.
+Please note the parcel can also be left with my neighbour at number {n} if nobody answers.
+I paid {amount} for the {item} on {weekday} and the receipt is in my inbox as usual.
+The latest entry on the tracking page for {track} is the regional sorting centre on {weekday}.
+My postcode was updated recently, so please use the one saved on my profile for this order.
+I usually work from home on {weekday}, so any delivery slot that day should be fine for me.
+I have saved the tracking number {track} in my notes and will look at the {courier} page again on {weekday}.
+The order confirmation email for {order} arrived this morning with the {item} listed as the only item.
+Just so you know, the delivery address is a shared house, so any of my housemates can take the parcel in.
+I checked my account and the {item} shows as dispatched, with {courier} listed as the carrier for the parcel.
+The payment of {amount} for order {order} has gone through on my side and shows on my statement already.
+My usual delivery instructions still apply, please leave the parcel in the porch if nobody comes to the door.
+I am travelling on {weekday} and back the next day, so my partner will be at home to receive the {item}.
+I added a note at checkout asking {courier} to ring the bell twice, the doorbell is a little quiet here.
+""")
+_GREETINGS = _pool("""
+Hi {shop}, it is {name} about order {order}.
+Hello, this is {name} (order {order}).
+Hi, order {order} here.
+Hello {shop}, re order {order}:
+Hi there, {name} from order {order}.
+Good morning, about my order {order}:
+""")
+_CLASS_POOLS = {
+    "resolved": _pool("""
+Just wanted to say the {item} arrived in perfect condition and works great, thank you so much!
+Got it today and everything looks exactly like the photos. Really happy with it, cheers {shop}!
+The {item} is lovely, well packed and exactly what I needed. I will definitely order from you again.
+All good on my end, the parcel came {days} days early and the quality is excellent. Very satisfied.
+Problem sorted, thanks for the quick help. Everything is fine now and I am very pleased overall.
+Received the {item} safe and sound. Great communication throughout, I will happily leave five stars.
+Thanks for the fast replies, the issue is resolved and I am really happy with the {item} now.
+Perfect, that is all I needed to know. The {item} works well and I am pleased with my purchase.
+Item received in great shape and works as described. Happy to close this one, thanks again.
+Everything arrived fine and on time, lovely packaging too. I really appreciate the great service.
+Just a note to say I am delighted with the {item}, it is even better than I expected it to be.
+Brilliant service, the {item} came nicely wrapped and is in excellent condition. Five stars from me.
+"""),
+    "damaged": _pool("""
+The {item} arrived broken, the box was crushed and there is a crack right across the front.
+I opened the parcel and the {item} is damaged, one side is dented and it will not switch on.
+Unfortunately the {item} came smashed into pieces. I want a full refund of {amount} please.
+The {item} is defective, it stopped working after {days} days and now makes a grinding noise.
+There is a deep scratch and a broken hinge on the {item}, it was clearly damaged before shipping.
+The parcel was soaked and the {item} inside is ruined. I have attached photos, please refund me.
+The seal was torn and the {item} leaked everywhere, so half of it is completely unusable now.
+The glass on the {item} was shattered when I unpacked it, which is really not acceptable at all.
+The item arrived damaged with missing screws and a snapped handle. I would like my {amount} back.
+Opened it today and the {item} is cracked down the middle, it is completely broken and useless.
+"""),
+    "late": _pool("""
+My parcel still has not arrived, it is now {days} days past the promised delivery date for it.
+The tracking number {track} has not updated in over a week, so where exactly is my {item}?
+It has been {days} days and nothing has shown up. The delivery is seriously delayed at this point.
+The estimated delivery was last {weekday} and the order is still not here, this is far too late.
+I am still waiting for the {item}, {courier} says it is stuck in transit and I need it urgently.
+Order {order} is overdue, I paid for faster shipping and the delivery has been delayed again.
+Why is my delivery so late? I was told three days and it has now been almost two weeks.
+The parcel is delayed yet again, {courier} keeps pushing the date back. When will it arrive?
+Delivery is {days} days late now and I needed the {item} for a birthday, it is very frustrating.
+My order never turned up on the expected date and the tracking {track} shows no movement at all.
+"""),
+    "wrong_item": _pool("""
+I received the wrong item, I ordered the {item} but the box contained something completely different.
+This is not what I ordered, you sent the wrong colour and the wrong size in my parcel today.
+The parcel had someone else's order in it instead of my {item}. Please send the correct one.
+Wrong product delivered, the label says {item} but inside is a different model entirely.
+You have sent me a different item from the one in order {order}, can you swap it for the right one?
+I got two of the wrong thing and none of the {item} that I actually paid {amount} for.
+The item I received does not match the listing at all, it is a different brand and style.
+There was a mix-up: I was sent a blue one in size small instead of the black one in large.
+Instead of the {item} I received a phone case, so clearly the wrong item was packed for me.
+Order {order} contained an item I never ordered, I would like the right one sent out please.
+"""),
+}
+_ESCALATE_EXTRA = _pool("""
+This is unacceptable, I want a full refund of {amount} or I will open a dispute with my bank.
+I am extremely unhappy with this order and want it escalated to a manager today, not next week.
+Nobody is answering my complaints, I will file a claim for my {amount} unless this is fixed now.
+I want my money back, the whole experience has been a disaster from the very start to the end.
+""")
+_CLASS_POOLS["escalate"] = (_CLASS_POOLS["damaged"] + _CLASS_POOLS["late"]
+                            + _CLASS_POOLS["wrong_item"] + _ESCALATE_EXTRA)
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Parameters of the synthetic data set (see module docstring)."""
+
+    n_samples: int = 2000
+    n_classes: int = 2  # 2..4
+    frac_both: float = 0.0  # fraction "both"; the rest split evenly text/tab
+    text_signal: float = 1.0  # P(key message comes from the true label's pool)
+    tab_signal: float = 2.0  # shift of informative latent features, in SDs (Euclidean norm)
+    label_noise: float = 0.0  # fraction of labels replaced by a uniform random class
+    missing_rate: float = 0.05  # per numeric cell, independent of everything
+    max_messages: int = 24
+
+
+def class_names(n_classes: int) -> list[str]:
+    """Label names: ["resolved", "escalate"] for 2 classes, else the first k of
+    ["resolved", "damaged", "late", "wrong_item"]."""
+    if not 2 <= n_classes <= 4:
+        raise ValueError(f"n_classes must be in 2..4, got {n_classes}")
+    return list(_BINARY_NAMES) if n_classes == 2 else _MULTI_NAMES[:n_classes]
+
+
+def _validate(spec: SyntheticSpec) -> None:
+    class_names(spec.n_classes)
+    if spec.n_samples < 1 or spec.max_messages < 2:
+        raise ValueError("need n_samples >= 1 and max_messages >= 2")
+    for field in ("frac_both", "text_signal", "label_noise", "missing_rate"):
+        if not 0.0 <= getattr(spec, field) <= 1.0:
+            raise ValueError(f"{field} must be in [0, 1]")
+
+
+def _sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One categorical draw per row of an (n, V) probability matrix."""
+    cum = np.cumsum(probs, axis=1)
+    return np.minimum((rng.random(len(probs))[:, None] > cum[:, :-1]).sum(axis=1), probs.shape[1] - 1)
+
+
+def _class_conditional(rng, values, base, label, k, informative) -> np.ndarray:
+    """p_c for informative rows, mean_c(p_c) otherwise (identical marginals)."""
+    base = np.asarray(base, dtype=float)
+    tilt = np.array([[float(v % k == c) for v in range(len(base))] for c in range(k)])
+    p_c = base * np.exp(_CAT_STRENGTH * tilt)
+    p_c /= p_c.sum(axis=1, keepdims=True)
+    probs = np.where(informative[:, None], p_c[label], p_c.mean(axis=0))
+    return np.asarray(values, dtype=object)[_sample_rows(rng, probs)]
+
+
+def _to_units(z: np.ndarray) -> np.ndarray:
+    """Map standard-normal latents to realistic units, monotone per column.
+
+    Informative columns use maps that are odd-symmetric around the null median, so the
+    class mixture keeps the null mean in unit space too (exactly for symmetric prototypes).
+    """
+    return np.column_stack([
+        np.round(np.exp(3.7 + 0.8 * z[:, 0]), 2),  # order_value, lognormal dollars
+        np.round(3.0 + 2.0 * np.tanh(0.5 * z[:, 1]), 2),  # seller_rating in (1, 5)
+        np.round(8.0 + 6.0 * np.tanh(0.45 * z[:, 2])),  # delivery_days in [2, 14]
+        np.floor(np.exp(1.0 + 1.1 * z[:, 3])),  # n_prior_orders >= 0
+        np.round(0.1 + 0.1 * np.tanh(0.5 * z[:, 4]), 4),  # refund_ratio in (0, 0.2)
+    ])
+
+
+def _render_dialogues(rng, n_msg, key_pos, key_pool, text_inf, category, amount) -> list[str]:
+    """Alternating Buyer/Seller messages; the key message sits at Buyer turn key_pos.
+
+    Non-text-informative rows get the neutral message whose rendered length is closest
+    to the class message they would otherwise have had, so length carries no modality.
+    """
+    n = len(n_msg)
+    buyer_perm = rng.random((n, len(_BUYER))).argsort(axis=1)  # no repeats within a dialogue
+    seller_perm = rng.random((n, len(_SELLER))).argsort(axis=1)
+    u = rng.random((n, 3))  # opening, key template, greeting
+    who = rng.integers(0, [len(_NAMES), len(_SHOPS), len(_COURIERS), 8, 7], size=(n, 5))
+    days, flat = rng.integers(2, 15, n), rng.integers(2, 60, n)
+    order_no, track_no = rng.integers(10**6, 10**7, n), rng.integers(10**9, 10**10, n)
+    out = []
+    for i in range(n):
+        courier, prefix = _COURIERS[who[i, 2]]
+        slots = dict(name=_NAMES[who[i, 0]], shop=_SHOPS[who[i, 1]], courier=courier,
+                     item=_CATEGORIES[category[i]][1][who[i, 3]], weekday=_WEEKDAYS[who[i, 4]],
+                     order=f"#{order_no[i]}", track=f"{prefix}{track_no[i]}", days=days[i],
+                     n=flat[i], amount=f"${amount[i]:.2f}")
+        pool = _CLASS_POOLS[_POOL_NAMES[key_pool[i]]]
+        key = pool[int(u[i, 1] * len(pool))].format(**slots)
+        if not text_inf[i]:
+            key = min((t.format(**slots) for t in _NEUTRAL), key=lambda t: abs(len(t) - len(key)))
+        msgs, nb, ns = [], 0, 0
+        for j in range(n_msg[i]):
+            if j == key_pos[i]:
+                greet = _GREETINGS[int(u[i, 2] * len(_GREETINGS))] + " " if j == 0 else ""
+                msgs.append("Buyer: " + greet.format(**slots) + key)
+            elif j == 0:
+                msgs.append("Buyer: " + _OPENING[int(u[i, 0] * len(_OPENING))].format(**slots))
+            elif j % 2 == 0:
+                msgs.append("Buyer: " + _BUYER[buyer_perm[i, nb % len(_BUYER)]].format(**slots))
+                nb += 1
+            else:
+                msgs.append("Seller: " + _SELLER[seller_perm[i, ns % len(_SELLER)]].format(**slots))
+                ns += 1
+        out.append("\n".join(msgs))
+    return out
+
+
+def make_synthetic(spec: SyntheticSpec, seed: int) -> pd.DataFrame:
+    """Generate the data set; identical output for identical (spec, seed)."""
+    _validate(spec)
+    rng = np.random.default_rng(seed)
+    n, k = spec.n_samples, spec.n_classes
+    names = class_names(k)
+    fb = spec.frac_both
+    modality = rng.choice(3, size=n, p=[(1 - fb) / 2, (1 - fb) / 2, fb])  # text, tab, both
+    text_inf, tab_inf = modality != 1, modality != 0
+    label = rng.integers(0, k, n)
+
+    # Tabular: latent N(0, I); tab-informative rows shifted along the class prototype.
+    cat_names = list(_CATEGORIES)
+    category = np.asarray(cat_names, dtype=object)[_sample_rows(
+        rng, np.tile([_CATEGORIES[c][0] for c in cat_names], (n, 1)))]
+    protos = np.asarray(_PROTOTYPES[k], dtype=float)
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    z = rng.standard_normal((n, len(NUMERIC_COLUMNS)))
+    inf_idx = [NUMERIC_COLUMNS.index(c) for c in INFORMATIVE_NUMERIC_COLUMNS]
+    z[:, inf_idx] += spec.tab_signal * protos[label] * tab_inf[:, None]
+    numeric = _to_units(z)
+    amount = numeric[:, 0].copy()
+    numeric[rng.random(numeric.shape) < spec.missing_rate] = np.nan
+    shipping = _class_conditional(rng, *_SHIPPING, label, k, tab_inf)
+    payment = _class_conditional(rng, *_PAYMENT, label, k, tab_inf)
+
+    # Text: heavy-tailed length, key message at a random Buyer turn.
+    n_msg = np.minimum(2 + np.floor(rng.lognormal(_LENGTH_MU, _LENGTH_SIGMA, n)).astype(int),
+                       spec.max_messages)
+    key_pos = 2 * np.floor(rng.random(n) * ((n_msg + 1) // 2)).astype(int)
+    key_class = np.where(rng.random(n) < spec.text_signal, label, rng.integers(0, k, n))
+    # Rows where text is uninformative get a label-independent shadow class; its message
+    # only sets the target length for the neutral key message.
+    key_class = np.where(text_inf, key_class, rng.integers(0, k, n))
+    key_pool = np.array([_POOL_NAMES.index(c) for c in names])[key_class]
+    dialogue = _render_dialogues(rng, n_msg, key_pos, key_pool, text_inf, category, amount)
+
+    noisy = rng.random(n) < spec.label_noise
+    label = np.where(noisy, rng.integers(0, k, n), label)
+
+    width = max(5, len(str(n - 1)))
+    df = pd.DataFrame({ID_COLUMN: [f"s{i:0{width}d}" for i in range(n)], TEXT_COLUMN: dialogue})
+    for j, col in enumerate(NUMERIC_COLUMNS):
+        df[col] = numeric[:, j].astype(np.float64)
+    df["category"], df["shipping_method"], df["payment_method"] = category, shipping, payment
+    df[LABEL_COLUMN] = np.asarray(names, dtype=object)[label]
+    df[MODALITY_COLUMN] = np.asarray(MODALITIES, dtype=object)[modality]
+    for col in [ID_COLUMN, TEXT_COLUMN, *CATEGORICAL_COLUMNS, LABEL_COLUMN, MODALITY_COLUMN]:
+        df[col] = df[col].astype(str)
+    return df

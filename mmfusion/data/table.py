@@ -1,0 +1,46 @@
+"""Reading user tables (CSV, TSV, Parquet) and checking them against the config, with errors that name the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mmfusion.errors import DataError
+
+READERS = {".csv": lambda p: pd.read_csv(p), ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; allowed: {', '.join(READERS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: file does not exist")
+    try:
+        frame = reader(path)
+    except Exception as err:  # pandas/pyarrow raise many types for unreadable files
+        raise DataError(f"{path}: cannot read as {path.suffix.lstrip('.').upper()} ({type(err).__name__}: {err})") from None
+    if frame.empty:
+        raise DataError(f"{path}: the table is empty")
+    return frame
+
+
+def check_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {', '.join(map(repr, missing))}; the table has: {', '.join(map(str, frame.columns))}")
+
+
+def check_numeric(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    for col in columns:
+        if not pd.api.types.is_numeric_dtype(frame[col]) and pd.to_numeric(frame[col], errors="coerce").isna().sum() > frame[col].isna().sum():
+            raise DataError(f"{source}: numeric column {col!r} holds non-numeric values (e.g. {frame[col].dropna().iloc[0]!r}); list it under data.categorical_columns instead")
+
+
+def check_labels(labels: pd.Series, source: str, column: str) -> None:
+    if labels.isna().any():
+        raise DataError(f"{source}: label column {column!r} has {int(labels.isna().sum())} missing value(s)")
+    if labels.nunique() < 2:
+        raise DataError(f"{source}: label column {column!r} has a single class ({labels.iloc[0]!r}); at least 2 are needed")

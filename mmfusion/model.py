@@ -1,0 +1,51 @@
+"""The network: shared text and tabular encoders -> a fusion variant -> a linear classification head."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mmfusion.config import ModelConfig
+from mmfusion.encoders import TabularEncoder, TextEncoder, masked_chunk_mean
+from mmfusion.fusion import Fusion, create_fusion
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # (B, K)
+    modality_weights: torch.Tensor  # (B, 2): [w_text, w_tab]
+    aux_loss: torch.Tensor  # ()
+    expert_weights: torch.Tensor | None  # (B, E) or None
+
+
+class MultimodalClassifier(nn.Module):
+    def __init__(self, text_encoder: TextEncoder, tab_encoder: TabularEncoder, fusion: Fusion, n_classes: int) -> None:
+        super().__init__()
+        self.text_encoder, self.tab_encoder, self.fusion = text_encoder, tab_encoder, fusion
+        self.head = nn.Linear(fusion.out_dim, n_classes)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, C, T)
+        attention_mask: torch.Tensor,  # (B, C, T)
+        chunk_mask: torch.Tensor,  # (B, C)
+        numeric: torch.Tensor,  # (B, Nn)
+        categorical: torch.Tensor,  # (B, Nc)
+        chunk_embeddings: torch.Tensor | None = None,  # (B, C, H): precomputed by a frozen encoder (cache)
+    ) -> ModelOutput:
+        if chunk_embeddings is None:
+            h_text, chunks = self.text_encoder(input_ids, attention_mask, chunk_mask)  # (B, H), (B, C, H)
+        else:
+            chunks = chunk_embeddings
+            h_text = masked_chunk_mean(chunks, chunk_mask)
+        h_tab = self.tab_encoder(numeric, categorical)  # (B, Dtab)
+        out = self.fusion(h_text, h_tab, chunks, chunk_mask)
+        return ModelOutput(self.head(out.fused), out.modality_weights, out.aux_loss, out.expert_weights)
+
+
+def build_model(cfg: ModelConfig, backbone: nn.Module, n_numeric: int, cardinalities: list[int], n_classes: int) -> MultimodalClassifier:
+    text = TextEncoder(backbone, frozen=cfg.freeze_text_encoder)
+    tab = TabularEncoder(n_numeric, cardinalities, cfg.category_embed_dim, cfg.tab_hidden, cfg.tab_dim, cfg.dropout)
+    fusion = create_fusion(cfg.fusion, text.hidden_size, tab.out_dim, cfg)
+    return MultimodalClassifier(text, tab, fusion, n_classes).train()  # from_pretrained leaves the encoder in eval mode

