@@ -44,13 +44,19 @@ def library_versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, nested: bool = False) -> Iterator[mlflow.ActiveRun]:
+def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) a run; it always ends: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise."""
     mlflow.set_tracking_uri(tracking_uri(cfg))
     os.environ.pop("MLFLOW_RUN_ID", None)  # would silently override the run we mean (mlflow#15713)
     if run_id is None:
         mlflow.set_experiment(cfg.tracking.experiment)
-    run = mlflow.start_run(run_id=run_id, run_name=cfg.tracking.run_name if run_id is None else None, nested=nested, tags=tags)
+    run = mlflow.start_run(
+        run_id=run_id,
+        run_name=cfg.tracking.run_name if run_id is None else None,
+        nested=parent_run_id is not None,
+        parent_run_id=parent_run_id,
+        tags=tags,
+    )
     try:
         yield run
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from mmfusion.plots import router_weights_figure
 from mmfusion.tracking import git_sha, log_config, mlflow_run, tracking_uri
 
 log = logging.getLogger(__name__)
+for _noise in (r".*module\(s\) in eval mode.*", r".*predict returned None.*", r".*smaller than the logging interval.*", r".*does not have many workers.*", r".*input example was not provided.*", r".*LeafSpec.*"):
+    warnings.filterwarnings("ignore", message=_noise)  # expected here: frozen encoders, small data, outputs kept by the module
 MODALITY_NAMES = {0: "tab", 1: "text", 2: "both"}
 
 
@@ -57,7 +60,7 @@ def predictions_frame(res: dict[str, torch.Tensor], data: PreparedData, split: s
     return df
 
 
-def _trainer(cfg: Config, logger, out_dir: Path) -> L.Trainer:
+def _trainer(cfg: Config, logger, out_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
         max_epochs=t.max_epochs,
@@ -74,12 +77,16 @@ def _trainer(cfg: Config, logger, out_dir: Path) -> L.Trainer:
         enable_checkpointing=False,
         num_sanity_val_steps=0,
         logger=logger,
+        callbacks=callbacks,
         default_root_dir=str(out_dir),
     )
 
 
-def train(cfg: Config) -> TrainResult:
-    """Load and check the data, then train, evaluate and log one MLflow run. Input errors raise before any run starts."""
+def train(cfg: Config, *, callbacks: list[L.Callback] = (), parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None) -> TrainResult:
+    """Load and check the data, then train, evaluate and log one MLflow run. Input errors raise before any run starts.
+
+    `callbacks` join the Lightning trainer (e.g. Optuna pruning); `parent_run_id` nests the run (studies, zoo runs).
+    """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
     data = prepare_data(cfg.data, cfg.seed, tokenizer)
@@ -91,13 +98,13 @@ def train(cfg: Config) -> TrainResult:
         log.info("text embedding cache: %s", stats)
     datamodule = MultimodalDataModule(data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.data.num_workers, cfg.seed, tokenizer.pad_token_id or 0)
 
-    tags = {"mmfusion.fusion": cfg.model.fusion, "mmfusion.git_sha": git_sha(), "mmfusion.data_fingerprint": data.fingerprint}
-    with mlflow_run(cfg, tags) as run:
+    tags = {"mmfusion.fusion": cfg.model.fusion, "mmfusion.git_sha": git_sha(), "mmfusion.data_fingerprint": data.fingerprint, **(extra_tags or {})}
+    with mlflow_run(cfg, tags, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         log_config(cfg)
         mlflow.log_text(data.preprocessor.to_json(), "preprocessing.json")
         logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_id=run_id, tracking_uri=tracking_uri(cfg))
-        trainer = _trainer(cfg, logger, Path(cfg.trainer.output_dir) / run_id)
+        trainer = _trainer(cfg, logger, Path(cfg.trainer.output_dir) / run_id, list(callbacks))
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
         train_seconds = time.perf_counter() - started

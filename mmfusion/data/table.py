@@ -35,8 +35,11 @@ def check_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
 
 def check_numeric(frame: pd.DataFrame, columns: list[str], source: str) -> None:
     for col in columns:
-        if not pd.api.types.is_numeric_dtype(frame[col]) and pd.to_numeric(frame[col], errors="coerce").isna().sum() > frame[col].isna().sum():
-            raise DataError(f"{source}: numeric column {col!r} holds non-numeric values (e.g. {frame[col].dropna().iloc[0]!r}); list it under data.categorical_columns instead")
+        if pd.api.types.is_numeric_dtype(frame[col]):
+            continue
+        bad = frame[col][pd.to_numeric(frame[col], errors="coerce").isna() & frame[col].notna()]
+        if len(bad):
+            raise DataError(f"{source}: numeric column {col!r} holds non-numeric values (e.g. {bad.iloc[0]!r}); list it under data.categorical_columns instead")
 
 
 def check_labels(labels: pd.Series, source: str, column: str) -> None:

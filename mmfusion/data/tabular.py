@@ -17,6 +17,11 @@ import pandas as pd
 from mmfusion.errors import DataError
 
 
+def _category(value) -> str:
+    """A category's vocabulary key: integer codes read as floats (a column with a missing cell) keep their int form."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 @dataclass
 class TabularPreprocessor:
     numeric: dict[str, tuple[float, float]] = field(default_factory=dict)  # column -> (mean, std)
@@ -33,7 +38,7 @@ class TabularPreprocessor:
             values = pd.to_numeric(frame[col], errors="coerce").astype(float)
             mean, std = values.mean(), values.std()
             stats[col] = (0.0 if np.isnan(mean) else float(mean), 1.0 if not std or np.isnan(std) else float(std))
-        vocab = {col: sorted(frame[col].dropna().astype(str).unique().tolist()) for col in categorical}
+        vocab = {col: sorted(frame[col].dropna().map(_category).unique().tolist()) for col in categorical}
         classes = sorted(frame[label_column].astype(str).unique().tolist())
         return cls(stats, vocab, classes, text_column, label_column, id_column)
 
@@ -58,7 +63,7 @@ class TabularPreprocessor:
         cats = []
         for col, vocab in self.categorical.items():
             index = {v: i + 1 for i, v in enumerate(vocab)}
-            cats.append(frame[col].map(lambda v: index.get(str(v), 0) if pd.notna(v) else 0).to_numpy(np.int64))
+            cats.append(frame[col].map(lambda v: index.get(_category(v), 0) if pd.notna(v) else 0).to_numpy(np.int64))
         categorical = np.stack(cats, axis=1) if cats else np.zeros((n, 0), np.int64)
         return numeric, categorical
 

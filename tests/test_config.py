@@ -1,0 +1,229 @@
+"""The config contract: defaults, YAML + dotted overrides, validation errors that name the key, and the CLI's handling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmfusion.config import Config, flatten, load_config, resolved_dict, to_yaml
+from mmfusion.errors import ConfigError, UserError
+from mmfusion.fusion import list_fusions
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
+
+
+def write_yaml(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ---- loading -------------------------------------------------------------------------------------------------
+
+
+def test_defaults_load():
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.data.source == "synthetic" and cfg.model.fusion == "concat"
+    assert cfg.trainer.max_epochs == 3 and cfg.seed == 42
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = write_yaml(tmp_path / "exp.yaml", {"seed": 3, "model": {"fusion": "gate"}, "data": {"test_path": "x.csv"}})
+    cfg = load_config(path, ["data.numeric_columns=[a,b]", "trainer.max_epochs=2", "data.test_path=null"])
+    assert cfg.seed == 3 and cfg.model.fusion == "gate"  # from the file
+    assert cfg.data.numeric_columns == ["a", "b"]  # YAML list
+    assert cfg.trainer.max_epochs == 2 and isinstance(cfg.trainer.max_epochs, int)  # YAML int
+    assert cfg.data.test_path is None  # YAML null overrides the file's value
+    assert cfg.model.dropout == Config().model.dropout  # untouched keys keep their defaults
+
+
+def test_override_beats_file_and_later_override_wins(tmp_path):
+    path = write_yaml(tmp_path / "exp.yaml", {"model": {"fusion": "gate"}})
+    assert load_config(path, ["model.fusion=moe"]).model.fusion == "moe"
+    assert load_config(None, ["model.fusion=gate", "model.fusion=attention"]).model.fusion == "attention"
+
+
+def test_nested_section_override(tmp_path):
+    path = write_yaml(tmp_path / "exp.yaml", {"data": {"synthetic": {"n_samples": 500, "n_classes": 3}}})
+    cfg = load_config(path, ["data.synthetic.n_samples=200", "data.synthetic.frac_both=0.25"])
+    assert cfg.data.synthetic.n_samples == 200
+    assert cfg.data.synthetic.n_classes == 3  # sibling from the file kept
+    assert cfg.data.synthetic.frac_both == 0.25
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_experiment_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert load_config(path, ["trainer.max_epochs=1"]).trainer.max_epochs == 1
+
+
+def test_there_are_experiments():
+    assert QUICKSTART in EXPERIMENTS
+
+
+def test_resolved_dict_rebuilds_the_config(tmp_path):
+    cfg = load_config(QUICKSTART, ["model.fusion=gate"])
+    again = load_config(write_yaml(tmp_path / "resolved.yaml", resolved_dict(cfg)))
+    assert again == cfg
+    assert yaml.safe_load(to_yaml(cfg)) == resolved_dict(cfg)
+
+
+def test_flatten_gives_dotted_keys():
+    flat = flatten(resolved_dict(load_config(QUICKSTART)))
+    assert flat["model.fusion"] == "moe"
+    assert flat["data.synthetic.n_samples"] == 3000
+    assert flat["seed"] == 7
+    assert not any(isinstance(v, dict) for v in flat.values())
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+# ---- errors --------------------------------------------------------------------------------------------------
+
+
+def config_error(overrides: list[str], path=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    assert isinstance(info.value, UserError) and info.value.exit_code == 2
+    return str(info.value)
+
+
+def test_unknown_key_lists_allowed():
+    msg = config_error(["data.foo=1"])
+    assert "data.foo" in msg
+    for key in ("source", "path", "text_column", "max_chunks", "synthetic"):
+        assert key in msg
+
+
+def test_unknown_nested_and_top_level_keys():
+    msg = config_error(["data.synthetic.foo=1"])
+    assert "data.synthetic.foo" in msg and "n_samples" in msg
+    msg = config_error(["bad.key=1"])
+    assert "bad" in msg and "trainer" in msg and "model" in msg
+
+
+def test_wrong_type():
+    msg = config_error(["trainer.max_epochs=abc"])
+    assert "trainer.max_epochs" in msg and "integer" in msg and "abc" in msg
+
+
+def test_bad_literal_names_allowed_values():
+    msg = config_error(["data.source=sql"])
+    assert "data.source" in msg and "'synthetic'" in msg and "'table'" in msg and "sql" in msg
+
+
+def test_unknown_fusion_lists_registered():
+    msg = config_error(["model.fusion=nope"])
+    assert "model.fusion" in msg and "nope" in msg
+    for name in list_fusions():
+        assert name in msg
+    assert "moe" in list_fusions()
+
+
+@pytest.mark.parametrize("override", ["model.fusion", "=gate", "  =1"])
+def test_malformed_override(override):
+    msg = config_error([override])
+    assert "key=value" in msg and repr(override) in msg
+
+
+def test_override_into_a_value_is_rejected():
+    msg = config_error(["seed.x=1"])
+    assert "seed" in msg
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    msg = config_error([], missing)
+    assert str(missing) in msg and "does not exist" in msg
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_yaml_not_a_mapping(tmp_path, text):
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    msg = config_error([], path)
+    assert str(path) in msg and "mapping" in msg
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: {fusion: [\n")
+    msg = config_error([], path)
+    assert str(path) in msg and "YAML" in msg
+
+
+def test_empty_yaml_is_the_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+def test_table_source_needs_path():
+    msg = config_error(["data.source=table"])
+    assert "data.path" in msg
+    assert load_config(None, ["data.source=table", "data.path=x.csv"]).data.path == "x.csv"
+
+
+def test_odd_n_experts():
+    msg = config_error(["model.n_experts=3"])
+    assert "model.n_experts" in msg and "even" in msg
+    assert load_config(None, ["model.n_experts=6"]).model.n_experts == 6
+
+
+def test_several_problems_all_reported():
+    msg = config_error(["trainer.max_epochs=abc", "data.foo=1"])
+    assert "trainer.max_epochs" in msg and "data.foo" in msg
+
+
+def test_error_names_the_file(tmp_path):
+    path = write_yaml(tmp_path / "exp.yaml", {"trainer": {"max_epochs": "abc"}})
+    assert str(path) in config_error([], path)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "mmfusion", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_train_bad_key_fails_cleanly(tmp_path):
+    proc = run_cli(["train", "--config", str(QUICKSTART), "bad.key=1"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "bad" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # validated before MLflow is touched
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_cli_train_missing_config_fails_cleanly(tmp_path):
+    proc = run_cli(["train", "--config", str(tmp_path / "nope.yaml")], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_config_prints_resolved_yaml(tmp_path):
+    proc = run_cli(["config", "--config", str(QUICKSTART), "model.fusion=gate"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "fusion: gate" in proc.stdout
+    resolved = yaml.safe_load(proc.stdout)
+    assert resolved == resolved_dict(load_config(QUICKSTART, ["model.fusion=gate"]))
+    assert resolved["seed"] == 7 and resolved["trainer"]["max_epochs"] == 15
+
+
+def test_cli_fusions_lists_moe(tmp_path):
+    proc = run_cli(["fusions"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    assert "moe" in names
+    assert names == list_fusions()

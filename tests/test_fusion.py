@@ -1,0 +1,103 @@
+"""Every registered fusion variant, tested the day it is added (timm-style parametrisation over the registry)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmfusion.config import ModelConfig
+from mmfusion.fusion import create_fusion, list_fusions
+
+B, C, DT, DA = 6, 3, 12, 10
+
+
+def inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    chunks = torch.randn(B, C, DT, generator=g)
+    chunk_mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 1, 1]])
+    chunks = chunks * chunk_mask.unsqueeze(-1)
+    h_text = chunks.sum(1) / chunk_mask.sum(1, keepdim=True).clamp_min(1)
+    return h_text, torch.randn(B, DA, generator=g), chunks, chunk_mask
+
+
+def variants():
+    """Every registered fusion, plus the router/routing options of the variants that have them."""
+    out = [(name, {}) for name in list_fusions()]
+    out += [(name, {"router": r, "routing": k}) for name in ("moe", "moe_topk") for r in ("linear", "mlp") for k in ("soft", "hard")]
+    return out
+
+
+@pytest.mark.parametrize("name,options", variants(), ids=lambda v: v if isinstance(v, str) else "-".join(v.values()) or "default")
+def test_shapes_weights_and_gradients(name, options):
+    torch.manual_seed(0)
+    cfg = ModelConfig(fusion=name, fusion_dim=8, attention_heads=2, **options)
+    fusion = create_fusion(name, DT, DA, cfg).train()
+    h_text, h_tab, chunks, chunk_mask = inputs()
+    out = fusion(h_text, h_tab, chunks, chunk_mask)
+    assert out.fused.shape == (B, fusion.out_dim) == (B, 8)
+    assert out.modality_weights.shape == (B, 2)
+    assert torch.all((out.modality_weights >= 0) & (out.modality_weights <= 1))
+    torch.testing.assert_close(out.modality_weights.sum(-1), torch.ones(B))
+    assert out.aux_loss.shape == ()
+    if out.expert_weights is not None:
+        torch.testing.assert_close(out.expert_weights.sum(-1), torch.ones(B))
+    (out.fused.square().mean() + out.aux_loss).backward()
+    for pname, p in fusion.named_parameters():
+        if name == "moe_topk" and pname.startswith("noise") and options.get("routing") == "hard":
+            continue  # the noise net only serves soft (noisy top-k) routing
+        assert p.grad is not None, f"{name}: {pname} gets no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: {pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", list_fusions())
+def test_eval_is_deterministic_and_batch_independent(name):
+    torch.manual_seed(0)
+    fusion = create_fusion(name, DT, DA, ModelConfig(fusion=name, fusion_dim=8, attention_heads=2)).eval()
+    h_text, h_tab, chunks, chunk_mask = inputs()
+    full = fusion(h_text, h_tab, chunks, chunk_mask)
+    again = fusion(h_text, h_tab, chunks, chunk_mask)
+    torch.testing.assert_close(full.fused, again.fused)
+    one = fusion(h_text[2:3], h_tab[2:3], chunks[2:3], chunk_mask[2:3])  # a batch of one gives the same row
+    torch.testing.assert_close(one.fused, full.fused[2:3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one.modality_weights, full.modality_weights[2:3], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list_fusions())
+def test_padding_chunks_change_nothing(name):
+    torch.manual_seed(0)
+    fusion = create_fusion(name, DT, DA, ModelConfig(fusion=name, fusion_dim=8, attention_heads=2)).eval()
+    h_text, h_tab, chunks, chunk_mask = inputs()
+    base = fusion(h_text, h_tab, chunks, chunk_mask)
+    padded_chunks = torch.cat([chunks, torch.randn(B, 2, DT)], dim=1)  # garbage in padding positions
+    padded_mask = torch.cat([chunk_mask, torch.zeros(B, 2, dtype=chunk_mask.dtype)], dim=1)
+    padded = fusion(h_text, h_tab, padded_chunks, padded_mask)
+    torch.testing.assert_close(padded.fused, base.fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded.modality_weights, base.modality_weights, atol=1e-5, rtol=1e-5)
+
+
+def test_ablations_weights():
+    h_text, h_tab, chunks, chunk_mask = inputs()
+    cfg = ModelConfig(fusion_dim=8)
+    assert torch.all(create_fusion("text_only", DT, DA, cfg)(h_text, h_tab, chunks, chunk_mask).modality_weights[:, 0] == 1)
+    assert torch.all(create_fusion("tab_only", DT, DA, cfg)(h_text, h_tab, chunks, chunk_mask).modality_weights[:, 0] == 0)
+
+
+def test_hard_routing_mixes_one_expert_but_reports_soft_weights():
+    torch.manual_seed(0)
+    fusion = create_fusion("moe", DT, DA, ModelConfig(fusion="moe", fusion_dim=8, router="mlp", routing="hard")).eval()
+    h_text, h_tab, chunks, chunk_mask = inputs()
+    out = fusion(h_text, h_tab, chunks, chunk_mask)
+    experts = torch.stack([fusion.text_expert(h_text), fusion.tab_expert(h_tab)], 1)
+    pick = out.modality_weights.argmax(-1)
+    torch.testing.assert_close(out.fused, experts[torch.arange(B), pick])  # exactly one expert, the likelier one
+    assert ((out.modality_weights > 0) & (out.modality_weights < 1)).all()  # the router's belief, not a one-hot
+
+
+def test_topk_keeps_k_experts_and_balance_loss_is_positive():
+    torch.manual_seed(0)
+    cfg = ModelConfig(fusion="moe_topk", fusion_dim=8, n_experts=6, top_k=2, load_balance_weight=1.0)
+    fusion = create_fusion("moe_topk", DT, DA, cfg).eval()
+    out = fusion(*inputs())
+    assert ((out.expert_weights > 0).sum(-1) == 2).all()
+    assert out.aux_loss > 0
+    torch.testing.assert_close(out.modality_weights[:, 0], out.expert_weights[:, :3].sum(-1))

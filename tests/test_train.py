@@ -1,0 +1,118 @@
+"""End to end: `train(cfg)` into a temporary MLflow store, read back and checked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfusion.config import load_config
+from mmfusion.errors import ConfigError
+from mmfusion.training import train
+
+
+def runs(uri: str) -> pd.DataFrame:
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(search_all_experiments=True)
+
+
+def test_train_logs_a_complete_run(mlflow_uri, tiny_overrides, tmp_path):
+    cfg = load_config(None, [*tiny_overrides, "model.fusion=moe", "trainer.max_epochs=2"])
+    result = train(cfg)
+    client = mlflow.MlflowClient(mlflow_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.fusion"] == "moe" and run.data.params["trainer.max_epochs"] == "2"
+    assert run.data.tags["mmfusion.fusion"] == "moe"
+    assert len(run.data.tags["mmfusion.data_fingerprint"]) == 16 and run.data.tags["mmfusion.git_sha"]
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "val_auroc", "val_attribution_auroc"):
+        assert len(client.get_metric_history(result.run_id, key)) == 2, key  # one value per epoch
+    for key in ("test_loss", "test_accuracy", "test_f1_macro", "test_auroc"):
+        assert 0.0 <= run.data.metrics[key] <= (10.0 if key == "test_loss" else 1.0)
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {a.path for a in client.list_artifacts(result.run_id, "plots")} | {a.path for a in client.list_artifacts(result.run_id, "predictions")}
+    assert {"config.yaml", "preprocessing.json", "environment.json", "predictions/test.csv", "plots/router_weights.png"} <= artifacts
+
+    preds = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="predictions/test.csv", dst_path=str(tmp_path)))
+    assert list(preds.columns) == ["id", "label", "pred", "prob_escalate", "prob_resolved", "w_text", "w_tab", "true_modality"]
+    assert preds["id"].is_unique and len(preds) == len(result.data.splits["test"].ids)
+    np.testing.assert_allclose(preds[["prob_escalate", "prob_resolved"]].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(preds["w_text"] + preds["w_tab"], 1.0, atol=1e-5)
+    acc = (preds["label"] == preds["pred"]).mean()
+    assert acc == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)  # metrics and predictions agree
+
+    # the resolved config alone rebuilds the run's config
+    logged = mlflow.artifacts.load_text(f"runs:/{result.run_id}/config.yaml")
+    assert load_config_text(logged) == cfg
+
+    # the logged model (pyfunc, safetensors inside, no pickle) scores raw rows like the trained module did
+    model_uri = f"models:/{run.outputs.model_outputs[0].model_id}"
+    model = mlflow.pyfunc.load_model(model_uri)
+    test_rows = result.data.splits["test"].frame
+    scored = model.predict(test_rows)
+    merged = preds.merge(scored, on="id", suffixes=("", "_served"))
+    np.testing.assert_allclose(merged["prob_escalate"], merged["prob_escalate_served"], atol=1e-5)
+    np.testing.assert_allclose(merged["w_text"], merged["w_text_served"], atol=1e-5)
+
+
+def load_config_text(text: str):
+    import yaml
+
+    from mmfusion.config import build_config
+
+    return build_config(yaml.safe_load(text))
+
+
+def test_text_only_table(mlflow_uri, tiny_overrides, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 90)
+    words = np.array(["refund please", "thanks a lot", "where is my parcel"])
+    pd.DataFrame({"msg": [f"Buyer: {words[y]}\nSeller: ok" if i % 9 else "" for i, y in enumerate(labels)], "y": [f"c{y}" for y in labels]}).to_csv(tmp_path / "t.csv", index=False)
+    cfg = load_config(None, [*tiny_overrides, "data.source=table", f"data.path={tmp_path / 't.csv'}", "data.text_column=msg", "data.label_column=y", "model.fusion=gate"])
+    result = train(cfg)
+    assert result.metrics["test_accuracy"] >= 0.0
+    assert set(result.predictions.columns) >= {"prob_c0", "prob_c1", "prob_c2"} and "true_modality" not in result.predictions.columns
+    assert runs(mlflow_uri)["status"].tolist() == ["FINISHED"]
+
+
+def test_failure_ends_the_run_failed(mlflow_uri, tiny_overrides, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("mmfusion.training._log_outputs", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train(load_config(None, tiny_overrides))
+    df = runs(mlflow_uri)
+    assert df["status"].tolist() == ["FAILED"]
+    assert "disk full" in df["tags.mmfusion.error"][0]
+
+
+def test_class_weights_of_the_wrong_length_are_an_error(mlflow_uri, tiny_overrides):
+    with pytest.raises(ConfigError, match="class_weights has 3 values but the data has 2 classes"):
+        train(load_config(None, [*tiny_overrides, "optim.class_weights=[1,2,3]"]))
+    assert len(runs(mlflow_uri)) == 0  # nothing was logged
+
+
+def test_cli_data_error_is_exit_2_without_a_run(mlflow_uri, tiny_bert, tmp_path):
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}).to_csv(tmp_path / "d.csv", index=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmfusion", "train", f"model.text_encoder={tiny_bert}", "data.source=table", f"data.path={tmp_path / 'd.csv'}", "data.text_column=dialogue"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "missing column(s) 'dialogue'" in proc.stderr and "d.csv" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(runs(mlflow_uri)) == 0
+
+
+def test_embedding_cache_gives_identical_results(mlflow_uri, tiny_overrides, tmp_path):
+    frozen = [*tiny_overrides, "model.freeze_text_encoder=true", "model.fusion=attention"]
+    plain = train(load_config(None, frozen))
+    cached_cold = train(load_config(None, [*frozen, f"data.cache_dir={tmp_path / 'cache'}"]))
+    cached_warm = train(load_config(None, [*frozen, f"data.cache_dir={tmp_path / 'cache'}"]))
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3  # train, val, test
+    for other in (cached_cold, cached_warm):
+        for key in ("val_loss", "test_loss", "test_accuracy"):
+            assert other.metrics[key] == pytest.approx(plain.metrics[key], abs=1e-6), key
