@@ -1,15 +1,23 @@
-"""`python -m mmfusion COMMAND`: argument parsing and dispatch only; each command is a thin recipe in commands/."""
+"""`python -m mmfusion COMMAND`: argument parsing and dispatch only.
+
+Each command is a thin recipe in `mmfusion/commands/<name>.py` that defines `HELP`, `add_arguments(parser)` and
+`main(args) -> int`; a new module there is a new command.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import pkgutil
 import sys
 
+from mmfusion import commands
 from mmfusion.errors import UserError
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """`--config X.yaml` plus dotted `key=value` overrides: shared by every command that builds a config."""
     p.add_argument("--config", help="experiment YAML (see experiments/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, values parsed as YAML: model.fusion=gate trainer.max_epochs=2")
 
@@ -17,9 +25,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mmfusion", description="Multimodal (text + tabular) fusion zoo")
     sub = ap.add_subparsers(dest="command", required=True)
-    _add_config_args(sub.add_parser("train", help="train one model and log it to MLflow"))
-    _add_config_args(sub.add_parser("config", help="print the fully resolved config"))
-    sub.add_parser("fusions", help="list the registered fusion variants")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"mmfusion.commands.{info.name}")
+        p = sub.add_parser(info.name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.main)
     return ap
 
 
@@ -28,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmfusion").setLevel(logging.INFO)
     try:
-        from mmfusion.commands import run_command
-
-        return run_command(args)
+        return args.handler(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

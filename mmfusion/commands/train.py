@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from mmfusion.config import load_config
-from mmfusion.hardware import describe
+from mmfusion.cli import add_config_arguments
+
+HELP = "train one model and log it to MLflow"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
+    from mmfusion.config import load_config
+    from mmfusion.hardware import describe
+
     cfg = load_config(args.config, args.overrides)  # all config errors surface here, before anything runs
     from mmfusion.training import train
 
