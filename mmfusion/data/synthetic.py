@@ -4,7 +4,8 @@ Each sample has a ground-truth informative modality (``true_modality``): the lab
 carried by one "key" message of the dialogue (``text``), by a shift of a few numeric
 features plus class-conditional shipping/payment methods (``tab``), or by both.
 Surface features (message count, character length, missing cells, categories) are
-independent of the informative modality by construction.
+independent of the informative modality by construction. ``category`` is independent of
+the label too, because the item named in the dialogue is drawn from it.
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ MODALITIES = ("text", "tab", "both")
 
 _BINARY_NAMES = ["resolved", "escalate"]
 _MULTI_NAMES = ["resolved", "damaged", "late", "wrong_item"]
-# Class prototypes in the informative latent subspace (seller_rating, delivery_days,
-# refund_ratio); rows sum to zero so the class mixture has the same mean as the null.
+# Class prototypes (regular simplex) in the informative latent subspace (seller_rating,
+# delivery_days, refund_ratio). Columns sum to zero, so the class mixture has the null's
+# mean; each coordinate's values are also symmetric about 0, so odd unit maps keep it.
 _PROTOTYPES = {
     2: [[1, -1, -1], [-1, 1, 1]],
-    3: [[2, -1, -1], [-1, -1, 2], [-1, 2, -1]],
+    3: [[1, -1, 0], [-1, 0, 1], [0, 1, -1]],
     4: [[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]],
 }
 _POOL_NAMES = ["resolved", "escalate", "damaged", "late", "wrong_item"]
@@ -36,30 +38,22 @@ _LENGTH_MU, _LENGTH_SIGMA = 0.7, 1.0  # n_messages = 2 + floor(LogNormal(mu, sig
 _CAT_STRENGTH = 0.6  # log-odds boost of class-preferred shipping/payment values
 
 _CATEGORIES = {  # category -> (marginal probability, item names)
-    "electronics": (0.22, ["wireless earbuds", "phone charger", "bluetooth speaker", "smart watch",
-                           "laptop stand", "USB hub", "desk lamp", "power bank"]),
-    "clothing": (0.20, ["wool jumper", "denim jacket", "pair of trainers", "rain coat",
-                        "linen shirt", "leather belt", "winter scarf", "summer dress"]),
-    "home": (0.18, ["ceramic vase", "coffee grinder", "set of towels", "cast iron pan",
-                    "wall clock", "bedside table", "throw blanket", "kettle"]),
-    "books": (0.12, ["cookbook", "hardback novel", "travel guide", "box set of comics",
-                     "language workbook", "photo album", "poetry collection", "atlas"]),
-    "toys": (0.10, ["building block set", "puzzle", "plush bear", "remote control car",
-                    "board game", "wooden train", "kite", "doll house"]),
-    "beauty": (0.10, ["face serum", "hair dryer", "perfume", "makeup brush set",
-                      "nail kit", "beard trimmer", "hand cream set", "shampoo bundle"]),
-    "sports": (0.08, ["yoga mat", "pair of dumbbells", "bike helmet", "tennis racket",
-                      "running vest", "water bottle", "camping stove", "skipping rope"]),
+    "electronics": (0.22, "wireless earbuds|phone charger|bluetooth speaker|smart watch|laptop stand|USB hub|desk lamp|power bank"),
+    "clothing": (0.20, "wool jumper|denim jacket|pair of trainers|rain coat|linen shirt|leather belt|winter scarf|summer dress"),
+    "home": (0.18, "ceramic vase|coffee grinder|set of towels|cast iron pan|wall clock|bedside table|throw blanket|kettle"),
+    "books": (0.12, "cookbook|hardback novel|travel guide|box set of comics|language workbook|photo album|poetry collection|atlas"),
+    "toys": (0.10, "building block set|puzzle|plush bear|remote control car|board game|wooden train|kite|doll house"),
+    "beauty": (0.10, "face serum|hair dryer|perfume|makeup brush set|nail kit|beard trimmer|hand cream set|shampoo bundle"),
+    "sports": (0.08, "yoga mat|pair of dumbbells|bike helmet|tennis racket|running vest|water bottle|camping stove|skipping rope"),
 }
+_ITEMS = {cat: items.split("|") for cat, (_, items) in _CATEGORIES.items()}
 _SHIPPING = (["standard", "express", "economy", "pickup"], [0.45, 0.25, 0.2, 0.1])
-_PAYMENT = (["card", "paypal", "bank_transfer", "gift_card", "cash_on_delivery"],
-            [0.45, 0.3, 0.1, 0.05, 0.1])
+_PAYMENT = (["card", "paypal", "bank_transfer", "gift_card", "cash_on_delivery"], [0.45, 0.3, 0.1, 0.05, 0.1])
 _NAMES = ("Alice Ben Chloe Daniel Emma Farid Grace Hugo Isla Jamal Katie Liam Maya Noah Olga Priya "
           "Quinn Rosa Sam Tariq Uma Victor Wendy Xavier Yara Zoe Marco Lena Omar Sofia").split()
 _SHOPS = ("Brightside Goods, Maple & Co, The Little Store, Northwind Traders, Urban Nest, "
           "Blue Harbor Shop, Corner Crate, Pinecone Supplies, Daily Deals Hub, Oak Street Market").split(", ")
-_COURIERS = [("Royal Mail", "RM"), ("DHL", "JD"), ("UPS", "1Z"), ("FedEx", "FX"), ("DPD", "DP"),
-             ("Evri", "EV"), ("GLS", "GL"), ("Parcelforce", "PF")]
+_COURIERS = [("Royal Mail", "RM"), ("DHL", "JD"), ("UPS", "1Z"), ("FedEx", "FX"), ("DPD", "DP"), ("Evri", "EV"), ("GLS", "GL"), ("Parcelforce", "PF")]
 _WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 
 
@@ -86,12 +80,9 @@ Could you send the invoice for order {order} to my email? I need it for my expen
 Does the {item} come with the original box and manual, or is it packed separately?
 Can I collect the parcel from a local pickup point instead of having it delivered at home?
 Just to check, do I need to be at home to sign for the parcel when it arrives?
-Is there a phone number for {courier} in case I need to rearrange the delivery slot?
-Could you tell me which warehouse the order is shipped from? I am curious about the route.
-Okay, that makes sense. I will let you know if I have any other questions about it.
+Could you tell me which warehouse the order ships from? I am curious how long the route is.
 Would it be possible to add a second {item} to the same order and pay the difference?
 Great, thank you for getting back to me so quickly, {name} from flat {n}.
-Do you have a loyalty scheme or a discount code for returning customers like me?
 My neighbour at number {n} is usually home, so the courier could leave it there if needed.
 One more thing, does the tracking code {track} work on the {courier} website directly?
 """)
@@ -107,10 +98,8 @@ Invoices are sent automatically, but I can email you a copy of the one for order
 {courier} usually delivers between eight in the morning and six in the evening on weekdays.
 Gift wrapping is available for a small fee, I can add it to your order if you would like.
 Thanks {name}, I will check with the warehouse and reply as soon as I hear back from them.
-We ship everything from our main warehouse, it usually takes one or two days to reach you.
 Pickup points are supported, just choose one on the {courier} page using your tracking code.
 Of course, I can add that to the order. The total will be updated and sent to your email.
-Returning customers get ten percent off with the code THANKS10 at checkout on our website.
 Good question, the tracking code {track} works on the {courier} site and in their app.
 """)
 _NEUTRAL = _pool("""
@@ -136,6 +125,13 @@ The payment of {amount} for order {order} has gone through on my side and shows 
 My usual delivery instructions still apply, please leave the parcel in the porch if nobody comes to the door.
 I am travelling on {weekday} and back the next day, so my partner will be at home to receive the {item}.
 I added a note at checkout asking {courier} to ring the bell twice, the doorbell is a little quiet here.
+Delivery note: the side gate is unlocked, so please leave the {item} beside the garage door.
+Registered address confirmed: flat {n}, third floor, buzzer labelled with my surname beside the entrance.
+The dispatch confirmation arrived yesterday evening, listing {courier} as carrier and {track} as reference.
+Our building reception accepts parcels on weekdays, so deliveries between nine and five are straightforward.
+Everything on my profile is current, including the telephone number that couriers sometimes use beforehand.
+I have checked and the {item} is on its way, it is due on {weekday} according to my account.
+My order went in on {weekday} and I got the usual email with the details of the {item} in it.
 """)
 _GREETINGS = _pool("""
 Hi {shop}, it is {name} about order {order}.
@@ -154,10 +150,8 @@ All good on my end, the parcel came {days} days early and the quality is excelle
 Problem sorted, thanks for the quick help. Everything is fine now and I am very pleased overall.
 Received the {item} safe and sound. Great communication throughout, I will happily leave five stars.
 Thanks for the fast replies, the issue is resolved and I am really happy with the {item} now.
-Perfect, that is all I needed to know. The {item} works well and I am pleased with my purchase.
 Item received in great shape and works as described. Happy to close this one, thanks again.
 Everything arrived fine and on time, lovely packaging too. I really appreciate the great service.
-Just a note to say I am delighted with the {item}, it is even better than I expected it to be.
 Brilliant service, the {item} came nicely wrapped and is in excellent condition. Five stars from me.
 """),
     "damaged": _pool("""
@@ -244,7 +238,8 @@ def _sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum((rng.random(len(probs))[:, None] > cum[:, :-1]).sum(axis=1), probs.shape[1] - 1)
 
 
-def _class_conditional(rng, values, base, label, k, informative) -> np.ndarray:
+def _class_conditional(rng: np.random.Generator, values: list[str], base: list[float],
+                       label: np.ndarray, k: int, informative: np.ndarray) -> np.ndarray:
     """p_c for informative rows, mean_c(p_c) otherwise (identical marginals)."""
     base = np.asarray(base, dtype=float)
     tilt = np.array([[float(v % k == c) for v in range(len(base))] for c in range(k)])
@@ -257,8 +252,8 @@ def _class_conditional(rng, values, base, label, k, informative) -> np.ndarray:
 def _to_units(z: np.ndarray) -> np.ndarray:
     """Map standard-normal latents to realistic units, monotone per column.
 
-    Informative columns use maps that are odd-symmetric around the null median, so the
-    class mixture keeps the null mean in unit space too (exactly for symmetric prototypes).
+    Informative columns use maps odd-symmetric about the null median, so the class
+    mixture keeps the null mean in unit space too.
     """
     return np.column_stack([
         np.round(np.exp(3.7 + 0.8 * z[:, 0]), 2),  # order_value, lognormal dollars
@@ -269,30 +264,35 @@ def _to_units(z: np.ndarray) -> np.ndarray:
     ])
 
 
-def _render_dialogues(rng, n_msg, key_pos, key_pool, text_inf, category, amount) -> list[str]:
+def _render_dialogues(rng: np.random.Generator, n_msg: np.ndarray, key_pos: np.ndarray,
+                      key_pool: np.ndarray, text_inf: np.ndarray, category: np.ndarray,
+                      amount: np.ndarray) -> list[str]:
     """Alternating Buyer/Seller messages; the key message sits at Buyer turn key_pos.
 
-    Non-text-informative rows get the neutral message whose rendered length is closest
-    to the class message they would otherwise have had, so length carries no modality.
+    Non-text-informative rows get the neutral message closest in characters and words to
+    a label-independent shadow class message, so length carries no modality information.
     """
     n = len(n_msg)
     buyer_perm = rng.random((n, len(_BUYER))).argsort(axis=1)  # no repeats within a dialogue
     seller_perm = rng.random((n, len(_SELLER))).argsort(axis=1)
-    u = rng.random((n, 3))  # opening, key template, greeting
-    who = rng.integers(0, [len(_NAMES), len(_SHOPS), len(_COURIERS), 8, 7], size=(n, 5))
+    u = rng.random((n, 4))  # opening, key template, greeting, item
+    who = rng.integers(0, [len(_NAMES), len(_SHOPS), len(_COURIERS), len(_WEEKDAYS)], size=(n, 4))
     days, flat = rng.integers(2, 15, n), rng.integers(2, 60, n)
     order_no, track_no = rng.integers(10**6, 10**7, n), rng.integers(10**9, 10**10, n)
     out = []
     for i in range(n):
         courier, prefix = _COURIERS[who[i, 2]]
+        items = _ITEMS[category[i]]
         slots = dict(name=_NAMES[who[i, 0]], shop=_SHOPS[who[i, 1]], courier=courier,
-                     item=_CATEGORIES[category[i]][1][who[i, 3]], weekday=_WEEKDAYS[who[i, 4]],
+                     item=items[int(u[i, 3] * len(items))], weekday=_WEEKDAYS[who[i, 3]],
                      order=f"#{order_no[i]}", track=f"{prefix}{track_no[i]}", days=days[i],
                      n=flat[i], amount=f"${amount[i]:.2f}")
         pool = _CLASS_POOLS[_POOL_NAMES[key_pool[i]]]
         key = pool[int(u[i, 1] * len(pool))].format(**slots)
         if not text_inf[i]:
-            key = min((t.format(**slots) for t in _NEUTRAL), key=lambda t: abs(len(t) - len(key)))
+            n_chars, n_words = len(key), len(key.split())
+            key = min((t.format(**slots) for t in _NEUTRAL),
+                      key=lambda t: abs(len(t) - n_chars) + abs(len(t.split()) - n_words))
         msgs, nb, ns = [], 0, 0
         for j in range(n_msg[i]):
             if j == key_pos[i]:
@@ -351,12 +351,11 @@ def make_synthetic(spec: SyntheticSpec, seed: int) -> pd.DataFrame:
     label = np.where(noisy, rng.integers(0, k, n), label)
 
     width = max(5, len(str(n - 1)))
-    df = pd.DataFrame({ID_COLUMN: [f"s{i:0{width}d}" for i in range(n)], TEXT_COLUMN: dialogue})
-    for j, col in enumerate(NUMERIC_COLUMNS):
-        df[col] = numeric[:, j].astype(np.float64)
-    df["category"], df["shipping_method"], df["payment_method"] = category, shipping, payment
-    df[LABEL_COLUMN] = np.asarray(names, dtype=object)[label]
-    df[MODALITY_COLUMN] = np.asarray(MODALITIES, dtype=object)[modality]
-    for col in [ID_COLUMN, TEXT_COLUMN, *CATEGORICAL_COLUMNS, LABEL_COLUMN, MODALITY_COLUMN]:
-        df[col] = df[col].astype(str)
-    return df
+    df = pd.DataFrame({
+        ID_COLUMN: [f"s{i:0{width}d}" for i in range(n)], TEXT_COLUMN: dialogue,
+        **{col: numeric[:, j].astype(np.float64) for j, col in enumerate(NUMERIC_COLUMNS)},
+        "category": category, "shipping_method": shipping, "payment_method": payment,
+        LABEL_COLUMN: np.asarray(names, dtype=object)[label],
+        MODALITY_COLUMN: np.asarray(MODALITIES, dtype=object)[modality],
+    })
+    return df.astype({c: str for c in [ID_COLUMN, TEXT_COLUMN, *CATEGORICAL_COLUMNS, LABEL_COLUMN, MODALITY_COLUMN]})
