@@ -13,7 +13,7 @@ from transformers import get_scheduler
 
 from mmfusion.config import OptimConfig
 from mmfusion.errors import ConfigError
-from mmfusion.metrics import attribution_auroc, classification_metrics
+from mmfusion.metrics import attribution_auroc, classification_metrics, faithfulness, modality_drops
 from mmfusion.model import ModelOutput, MultimodalClassifier
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings")
@@ -45,16 +45,14 @@ class FusionClassifierModule(L.LightningModule):
     # ---- evaluation ----------------------------------------------------------------------------------------------
 
     def _collect(self, batch: dict) -> None:
-        out = self(batch)
-        row = {
-            "index": batch["index"],
-            "label": batch["label"],
-            "modality": batch["modality"],
-            "probs": out.logits.float().softmax(-1),
-            "weights": out.modality_weights.float(),
-        }
+        enc = self.model.encode(*(batch.get(k) for k in MODEL_INPUTS))  # encode once, fuse three times
+        h_text, chunks, h_tab = enc
+        out = self.model.classify(h_text, h_tab, chunks, batch["chunk_mask"])
+        probs = out.logits.float().softmax(-1)
+        row = {"index": batch["index"], "label": batch["label"], "modality": batch["modality"], "probs": probs, "weights": out.modality_weights.float()}
         if out.expert_weights is not None:
             row["experts"] = out.expert_weights.float()
+        row["drop_text"], row["drop_tab"] = modality_drops(self.model, enc, batch, probs)
         self._collected.append(row)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -85,6 +83,7 @@ class FusionClassifierModule(L.LightningModule):
         if split == "predict":  # outputs only: Lightning does not log from predict
             return
         metrics = classification_metrics(res["probs"], res["label"], None if self.class_weights is None else self.class_weights.cpu())
+        metrics["faithfulness"] = faithfulness(res["weights"][:, 0], res["drop_text"], res["drop_tab"])
         att = attribution_auroc(res["weights"][:, 0], res["modality"])
         if att is not None:
             metrics["attribution_auroc"] = att

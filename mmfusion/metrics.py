@@ -30,3 +30,28 @@ def attribution_auroc(w_text: torch.Tensor, modality: torch.Tensor) -> float | N
     if target.unique().numel() < 2:
         return None
     return binary_auroc(w_text[keep].float(), target).item()
+
+
+def modality_drops(model, encoded: tuple, batch: dict, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop in the true-class probability when the text, or the table, is replaced by an uninformative input.
+
+    Uninformative text: no chunks at all. Uninformative table: every numeric value at its training mean and every
+    category unknown (what the preprocessing maps missing values to). -> (drop_text, drop_tab), each (B,).
+    """
+    h_text, chunks, h_tab = encoded
+    mask = batch["chunk_mask"]
+    no_text = model.classify(torch.zeros_like(h_text), h_tab, torch.zeros_like(chunks), torch.zeros_like(mask))
+    null_tab = model.tab_encoder(torch.zeros_like(batch["numeric"]), torch.zeros_like(batch["categorical"]))
+    no_tab = model.classify(h_text, null_tab, chunks, mask)
+    label = batch["label"].unsqueeze(1)
+    p_true = probs.gather(1, label).squeeze(1)
+    p_no_text = no_text.logits.float().softmax(-1).gather(1, label).squeeze(1)
+    p_no_tab = no_tab.logits.float().softmax(-1).gather(1, label).squeeze(1)
+    return p_true - p_no_text, p_true - p_no_tab
+
+
+def faithfulness(w_text: torch.Tensor, drop_text: torch.Tensor, drop_tab: torch.Tensor) -> float:
+    """Share of samples where removing the modality the weights prefer hurts more than removing the other one."""
+    prefers_text = w_text >= 0.5
+    faithful = torch.where(prefers_text, drop_text > drop_tab, drop_tab > drop_text)
+    return faithful.float().mean().item()

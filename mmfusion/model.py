@@ -34,12 +34,20 @@ class MultimodalClassifier(nn.Module):
         categorical: torch.Tensor,  # (B, Nc)
         chunk_embeddings: torch.Tensor | None = None,  # (B, C, H): precomputed by a frozen encoder (cache)
     ) -> ModelOutput:
+        h_text, chunks, h_tab = self.encode(input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings)
+        return self.classify(h_text, h_tab, chunks, chunk_mask)
+
+    def encode(self, input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings=None):
+        """-> h_text (B, H), chunks (B, C, H), h_tab (B, Dtab)."""
         if chunk_embeddings is None:
-            h_text, chunks = self.text_encoder(input_ids, attention_mask, chunk_mask)  # (B, H), (B, C, H)
+            h_text, chunks = self.text_encoder(input_ids, attention_mask, chunk_mask)
         else:
             chunks = chunk_embeddings
             h_text = masked_chunk_mean(chunks, chunk_mask)
-        h_tab = self.tab_encoder(numeric, categorical)  # (B, Dtab)
+        return h_text, chunks, self.tab_encoder(numeric, categorical)
+
+    def classify(self, h_text, h_tab, chunks, chunk_mask) -> ModelOutput:
+        """Fusion + head on encoded inputs (lets faithfulness checks swap one modality without re-encoding)."""
         out = self.fusion(h_text, h_tab, chunks, chunk_mask)
         return ModelOutput(self.head(out.fused), out.modality_weights, out.aux_loss, out.expert_weights)
 
