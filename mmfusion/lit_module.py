@@ -6,7 +6,10 @@ drops the duplicates that a padded distributed sampler adds, so metrics equal th
 
 from __future__ import annotations
 
+import random
+
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import get_scheduler
@@ -17,6 +20,14 @@ from mmfusion.metrics import attribution_auroc, classification_metrics, faithful
 from mmfusion.model import ModelOutput, MultimodalClassifier
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings")
+
+
+def transformer_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a Hugging Face encoder (BERT: encoder.layer), the unit FSDP shards."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in ("layer", "layers", "h", "blocks") and len(module):
+            return list(module)
+    return []
 
 
 class FusionClassifierModule(L.LightningModule):
@@ -33,6 +44,41 @@ class FusionClassifierModule(L.LightningModule):
         self._collected: list[dict[str, torch.Tensor]] = []
         self.epoch_weights: list[torch.Tensor] = []  # val w_text per epoch, for "how the weights moved" plots
 
+    def configure_model(self) -> None:
+        """FSDP2: shard each encoder layer, then every module the steps call (under ModelParallelStrategy only)."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if not isinstance(self.trainer.strategy, ModelParallelStrategy):
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        m = self.model
+        for layer in transformer_layers(m.text_encoder.backbone):
+            if not isinstance(layer, FSDPModule):
+                fully_shard(layer, mesh=mesh)
+        for part in (m.text_encoder, m.tab_encoder, m.fusion, m.head):
+            if not isinstance(part, FSDPModule) and any(True for _ in part.parameters()):
+                fully_shard(part, mesh=mesh)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """RNG states travel with the checkpoint so a resumed job draws the same dropout masks (as plain tensors/ints,
+        loadable with weights_only=True)."""
+        np_state = np.random.get_state()
+        checkpoint["mmfusion_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("mmfusion_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
+            random.setstate((rng["python_version"], tuple(rng["python"]), None))
+
     def forward(self, batch: dict) -> ModelOutput:
         return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
 
@@ -41,6 +87,13 @@ class FusionClassifierModule(L.LightningModule):
         loss = F.cross_entropy(out.logits.float(), batch["label"], weight=self.class_weights) + out.aux_loss
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Parameters a variant leaves unused (e.g. moe_topk's noise net under hard routing) get a zero gradient, so
+        # every parameter has optimizer state and sharded checkpoints always hold the same keys to resume from.
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
 
@@ -65,14 +118,20 @@ class FusionClassifierModule(L.LightningModule):
         self._collect(batch)
 
     def _gather(self) -> dict[str, torch.Tensor]:
+        """All ranks' outputs, sorted by dataset index, each sample once (sampler padding dropped)."""
         local = {k: torch.cat([r[k] for r in self._collected]) for k in self._collected[0]}
         self._collected = []
-        if self.trainer.world_size > 1:
-            local = {k: v.flatten(0, 1) for k, v in self.all_gather(local).items()}  # (world * N, ...)
+        if self.trainer.world_size > 1:  # ranks may hold different counts: pad to the largest, mark padding index -1
+            n = len(local["index"])
+            most = int(self.all_gather(torch.tensor(n, device=self.device)).max())
+            padded = {k: torch.cat([v, v.new_full((most - n, *v.shape[1:]), -1)]) for k, v in local.items()}
+            local = {k: v.flatten(0, 1) for k, v in self.all_gather(padded).items()}  # (world * most, ...)
+            keep = local["index"] >= 0
+            local = {k: v[keep] for k, v in local.items()}
         order = torch.argsort(local["index"], stable=True)
         local = {k: v[order] for k, v in local.items()}
         first = torch.ones_like(local["index"], dtype=torch.bool)
-        first[1:] = local["index"][1:] != local["index"][:-1]  # drop sampler padding duplicates
+        first[1:] = local["index"][1:] != local["index"][:-1]  # drop the duplicates a padded sampler adds
         return {k: v[first].cpu() for k, v in local.items()}
 
     def _finish(self, split: str) -> None:

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmfusion.config import DataConfig
 from mmfusion.data import synthetic
 from mmfusion.data.chunking import DialogueChunker
+from mmfusion.data.sampler import bucketed_loader
 from mmfusion.data.table import check_columns, check_labels, check_numeric, read_table
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
@@ -104,6 +105,8 @@ def split_frame(frame: pd.DataFrame, label: str, val_fraction: float, test_fract
 
 
 def prepare_data(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
+    """`seed` (the run's) draws the synthetic data and the split unless `cfg.split_seed` pins them (zoo members)."""
+    seed = cfg.split_seed if cfg.split_seed is not None else seed
     frame, test_frame, cols = load_frames(cfg, seed)
     frame = frame.reset_index(drop=True)
     if cols["id"] is None:  # ids are row numbers in the source table(s)
@@ -184,10 +187,11 @@ def collate(items: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
 
 
 class MultimodalDataModule(L.LightningDataModule):
-    def __init__(self, data: PreparedData, batch_size: int, eval_batch_size: int, num_workers: int, seed: int, pad_id: int) -> None:
+    def __init__(self, data: PreparedData, batch_size: int, eval_batch_size: int, num_workers: int, seed: int, pad_id: int, bucket_by_length: bool = False) -> None:
         super().__init__()
         self.data, self.batch_size, self.eval_batch_size = data, batch_size, eval_batch_size
         self.num_workers, self.seed, self.pad_id = num_workers, seed, pad_id
+        self.bucket_by_length = bucket_by_length
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -199,7 +203,18 @@ class MultimodalDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
+    def eval_loader(self, split: str) -> DataLoader:
+        """Any split in evaluation order. Under torch.distributed the sampler pads (every rank runs the same number of
+        batches, which FSDP's collectives need); the evaluation drops the padded duplicates by index."""
+        loader = self._loader(split, shuffle=False)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = DistributedSampler(loader.dataset, shuffle=False, drop_last=False)
+            loader = DataLoader(loader.dataset, batch_size=self.eval_batch_size, sampler=sampler, collate_fn=loader.collate_fn, num_workers=self.num_workers)
+        return loader
+
     def train_dataloader(self) -> DataLoader:
+        if self.bucket_by_length:
+            return bucketed_loader(SplitDataset(self.data.splits["train"]), self.batch_size, self.seed, partial(collate, pad_id=self.pad_id), self.num_workers)
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -61,6 +61,8 @@ def masked_chunk_mean(chunks: torch.Tensor, chunk_mask: torch.Tensor) -> torch.T
 class TextEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, frozen: bool = False, pack_chunks: bool = True) -> None:
         super().__init__()
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # we pool ourselves; an unused pooler would only cost time and hold dead weights
         self.backbone = backbone
         self.hidden_size: int = backbone.config.hidden_size
         self.frozen = frozen

@@ -1,0 +1,31 @@
+"""Reading back what a run recorded: its resolved config (safe YAML, never pickle)."""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import yaml
+
+from mmfusion.config import Config, build_config, flatten, resolved_dict
+from mmfusion.errors import ConfigError, UserError
+from mmfusion.tracking import DEFAULT_URI
+
+
+def config_of_run(run_id: str, tracking_uri: str | None = None) -> Config:
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI)
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+    except Exception as err:  # MlflowException, OSError, ... : the run or its artifact is not there
+        raise UserError(f"run {run_id!r}: cannot read its config.yaml at {mlflow.get_tracking_uri()} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    return build_config(yaml.safe_load(text), f"config.yaml of run {run_id}")
+
+
+def ensure_same_config(logged: Config, given: Config) -> Config:
+    """A checkpoint only continues the job that made it: any difference but tracking/progress display is an error."""
+    ignore = ("tracking.", "trainer.enable_progress_bar")
+    a, b = flatten(resolved_dict(logged)), flatten(resolved_dict(given))
+    diffs = [f"{k} ({a.get(k)!r} in the checkpoint's run, {b.get(k)!r} given)" for k in sorted(set(a) | set(b)) if not k.startswith(ignore) and a.get(k) != b.get(k)]
+    if diffs:
+        raise ConfigError("the checkpoint comes from another config: " + "; ".join(diffs))
+    return logged

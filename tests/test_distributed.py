@@ -1,0 +1,137 @@
+"""Multi-process jobs for real: 2 CPU processes over gloo with FSDP2 (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfusion.config import load_config
+from mmfusion.errors import ConfigError
+from mmfusion.metrics import classification_metrics
+from mmfusion.runs import ensure_same_config
+from mmfusion.training import train
+
+pytestmark = pytest.mark.slow
+FSDP = ["trainer.strategy=fsdp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+@pytest.fixture
+def job(tiny_overrides):
+    # 203 samples: val and test splits of 31 rows, not a multiple of the world size
+    return [*tiny_overrides, "data.synthetic.n_samples=203", "trainer.max_epochs=2", "model.fusion=moe_topk"]
+
+
+def test_fsdp_shards_parameters_trains_and_logs_one_run(mlflow_uri, job):
+    single = train(load_config(None, job))
+    sharded = train(load_config(None, [*job, *FSDP]))
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert sorted(runs["status"]) == ["FINISHED", "FINISHED"] and len(runs) == 2  # one run per job, not per rank
+    m1, m2 = client.get_run(single.run_id).data.metrics, client.get_run(sharded.run_id).data.metrics
+    for rank in (0, 1):  # each rank holds about half of the parameters, gradients and optimizer state
+        assert 0.45 <= m2[f"rank{rank}_param_mb"] / m1["rank0_param_mb"] <= 0.55
+        assert 0.45 <= m2[f"rank{rank}_train_state_mb"] / m1["rank0_train_state_mb"] <= 0.55
+    assert client.get_run(sharded.run_id).data.tags["mmfusion.world_size"] == "2"
+    losses = [m.value for m in client.get_metric_history(sharded.run_id, "train_loss")]
+    assert len(losses) == 2 and losses[-1] < losses[0]
+
+
+def test_two_process_evaluation_equals_one_process(mlflow_uri, job, tmp_path):
+    """Predictions and metrics of the 2-rank job equal single-process inference with the same (gathered) weights."""
+    result = train(load_config(None, [*job, *FSDP]))
+    run = mlflow.MlflowClient(mlflow_uri).get_run(result.run_id)
+    logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="predictions/test.csv", dst_path=str(tmp_path)))
+    assert len(logged) == 31 and logged["id"].is_unique  # every id once: no sampler duplicates, no dropped tail
+    assert logged["id"].tolist() == sorted(logged["id"], key=result.data.splits["test"].ids.index)  # stable order
+    model = mlflow.pyfunc.load_model(f"models:/{run.outputs.model_outputs[0].model_id}")
+    single = model.predict(result.data.splits["test"].frame)
+    np.testing.assert_allclose(single["prob_escalate"], logged["prob_escalate"], atol=1e-5)
+    np.testing.assert_allclose(single["w_text"], logged["w_text"], atol=1e-5)
+    import torch
+
+    probs = torch.tensor(single[["prob_escalate", "prob_resolved"]].to_numpy())
+    labels = torch.tensor(result.data.splits["test"].labels)
+    recomputed = classification_metrics(probs, labels)
+    for key in ("accuracy", "f1_macro", "auroc"):
+        assert recomputed[key] == pytest.approx(run.data.metrics[f"test_{key}"], abs=1e-6)
+
+
+def test_a_dying_rank_fails_the_job_not_hangs(mlflow_uri, tiny_bert, tmp_path):
+    cmd = [sys.executable, "-m", "mmfusion", "train", f"model.text_encoder={tiny_bert}", "data.synthetic.n_samples=4000", "data.cache_dir=null",
+           "trainer.max_epochs=50", "trainer.enable_progress_bar=false", *FSDP]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = _wait_for_worker(proc.pid, rank=1)
+    time.sleep(5)  # let it train a little
+    os.kill(victim, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "rank 1 of 2 was killed by SIGKILL" in out
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert runs["status"].tolist() == ["FAILED"] and "rank 1" in runs["tags.mmfusion.error"][0]
+
+
+def test_killed_job_resumes_to_the_same_result(mlflow_uri, tiny_bert, tmp_path):
+    args = [f"model.text_encoder={tiny_bert}", "data.synthetic.n_samples=1500", "data.cache_dir=null", "model.fusion=gate", "trainer.max_epochs=3",
+            "trainer.enable_progress_bar=false", "model.fusion_dim=16", "data.max_chunks=4", "data.chunk_len=32", *FSDP]
+    reference = train(load_config(None, args))
+    cmd = [sys.executable, "-m", "mmfusion", "train", *args]
+    workdir = tmp_path / "job"  # its own outputs/ folder, apart from the reference run's
+    workdir.mkdir()
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = _wait_for(lambda: next(iter((workdir / "outputs").glob("*/checkpoints/last.ckpt/meta.pt")), None), timeout=300)
+    time.sleep(1.0)  # into the second epoch
+    proc.send_signal(signal.SIGKILL)  # supervisor dies; its workers die with it
+    proc.wait()
+    run_id = ckpt.parent.parent.parent.name
+    assert mlflow.MlflowClient(mlflow_uri).get_run(run_id).info.status == "RUNNING"
+    done = subprocess.run([sys.executable, "-m", "mmfusion", "train", "--resume", run_id], cwd=workdir, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = mlflow.MlflowClient(mlflow_uri)
+    resumed = client.get_run(run_id)
+    assert resumed.info.status == "FINISHED"
+    assert len(client.get_metric_history(run_id, "val_loss")) >= 3  # one run holds the whole job
+    for key in ("val_loss", "val_accuracy", "val_auroc", "test_loss"):
+        assert resumed.data.metrics[key] == pytest.approx(reference.metrics[key], abs=1e-6), key
+
+
+def test_resume_with_another_config_is_an_error(tiny_overrides):
+    a = load_config(None, tiny_overrides)
+    with pytest.raises(ConfigError, match="model.fusion"):
+        ensure_same_config(a, load_config(None, [*tiny_overrides, "model.fusion=gate"]))
+    assert ensure_same_config(a, load_config(None, [*tiny_overrides, "tracking.experiment=other"])) == a
+
+
+def _wait_for(probe, timeout: float, every: float = 0.2):
+    end = time.time() + timeout
+    while time.time() < end:
+        found = probe()
+        if found:
+            return found
+        time.sleep(every)
+    raise TimeoutError("condition not reached")
+
+
+def _wait_for_worker(parent: int, rank: int) -> int:
+    def probe():
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"PPid:\t{parent}\n" in status and f"LOCAL_RANK={rank}".encode() in environ:
+                return int(pid)
+        return None
+
+    return _wait_for(probe, timeout=120)
