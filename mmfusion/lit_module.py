@@ -22,6 +22,12 @@ from mmfusion.model import ModelOutput, MultimodalClassifier
 MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings")
 
 
+def check_class_weights(optim: OptimConfig, n_classes: int) -> None:
+    """One weight per class, or none: a wrong length is an error, never padded or cut."""
+    if optim.class_weights is not None and len(optim.class_weights) != n_classes:
+        raise ConfigError(f"optim.class_weights has {len(optim.class_weights)} values but the data has {n_classes} classes")
+
+
 def transformer_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of a Hugging Face encoder (BERT: encoder.layer), the unit FSDP shards."""
     for name, module in backbone.named_modules():
@@ -34,11 +40,8 @@ class FusionClassifierModule(L.LightningModule):
     def __init__(self, model: MultimodalClassifier, optim: OptimConfig, n_classes: int) -> None:
         super().__init__()
         self.model, self.optim, self.n_classes = model, optim, n_classes
-        weights = None
-        if optim.class_weights is not None:
-            if len(optim.class_weights) != n_classes:
-                raise ConfigError(f"optim.class_weights has {len(optim.class_weights)} values but the data has {n_classes} classes")
-            weights = torch.tensor(optim.class_weights, dtype=torch.float32)
+        check_class_weights(optim, n_classes)
+        weights = None if optim.class_weights is None else torch.tensor(optim.class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.results: dict[str, dict[str, torch.Tensor]] = {}  # per split: de-duplicated outputs of the last evaluation
         self._collected: list[dict[str, torch.Tensor]] = []

@@ -29,7 +29,7 @@ from mmfusion.data.datamodule import MultimodalDataModule, PreparedData, prepare
 from mmfusion.data.embedding_cache import attach_chunk_embeddings
 from mmfusion.encoders import load_text_backbone, load_tokenizer
 from mmfusion.hardware import resolve_precision
-from mmfusion.lit_module import FusionClassifierModule
+from mmfusion.lit_module import FusionClassifierModule, check_class_weights
 from mmfusion.errors import ConfigError
 from mmfusion.model import MultimodalClassifier, build_model
 from mmfusion.plots import router_weights_figure
@@ -127,6 +127,7 @@ def train(
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
     data = prepare_data(cfg.data, cfg.seed, tokenizer)
+    check_class_weights(cfg.optim, len(data.preprocessor.classes))
     if distributed.launched_externally() and distributed.RUN_ID_ENV in os.environ:  # a worker of our supervisor
         if os.environ.get("MMFUSION_OPTUNA_TRIAL"):  # a study's trial: every rank adds its pruning callback
             from mmfusion.tuning import worker_callbacks

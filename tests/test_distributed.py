@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from mmfusion.config import load_config
+from mmfusion.export import logged_model_id
 from mmfusion.errors import ConfigError
 from mmfusion.metrics import classification_metrics
 from mmfusion.runs import ensure_same_config
@@ -52,7 +53,7 @@ def test_two_process_evaluation_equals_one_process(mlflow_uri, job, tmp_path):
     logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="predictions/test.csv", dst_path=str(tmp_path)))
     assert len(logged) == 31 and logged["id"].is_unique  # every id once: no sampler duplicates, no dropped tail
     assert logged["id"].tolist() == sorted(logged["id"], key=result.data.splits["test"].ids.index)  # stable order
-    model = mlflow.pyfunc.load_model(f"models:/{run.outputs.model_outputs[0].model_id}")
+    model = mlflow.pyfunc.load_model(f"models:/{logged_model_id(result.run_id, 'model')}")
     single = model.predict(result.data.splits["test"].frame)
     np.testing.assert_allclose(single["prob_escalate"], logged["prob_escalate"], atol=1e-5)
     np.testing.assert_allclose(single["w_text"], logged["w_text"], atol=1e-5)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from mmfusion.config import load_config
+from mmfusion.export import logged_model_id
 from mmfusion.errors import ConfigError
 from mmfusion.training import train
 
@@ -49,7 +50,7 @@ def test_train_logs_a_complete_run(mlflow_uri, tiny_overrides, tmp_path):
     assert load_config_text(logged) == cfg
 
     # the logged model (pyfunc, safetensors inside, no pickle) scores raw rows like the trained module did
-    model_uri = f"models:/{run.outputs.model_outputs[0].model_id}"
+    model_uri = f"models:/{logged_model_id(result.run_id, 'model')}"
     model = mlflow.pyfunc.load_model(model_uri)
     test_rows = result.data.splits["test"].frame
     scored = model.predict(test_rows)

@@ -1,0 +1,37 @@
+"""`mmfusion inspect --run-id ID [--top N] [--output DIR]`"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "per-sample modality weights of a run: the samples leaning most on text / table, per-class statistics, HTML report"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-id", required=True, help="the MLflow run to inspect")
+    p.add_argument("--top", type=int, default=10, help="how many samples to list per modality (default 10)")
+    p.add_argument("--output", help="folder for report.html (default: inspect_<run id>)")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the run (inspect/report.html)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI holding the run (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import os
+
+    import mlflow
+
+    from mmfusion.errors import UserError
+    from mmfusion.inspection import build_report, format_text, write_report
+    from mmfusion.tracking import DEFAULT_URI
+
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    report = build_report(args.run_id, args.top)
+    print(format_text(report))
+    path = write_report(report, args.output or f"inspect_{args.run_id}")
+    if not args.no_log:
+        mlflow.MlflowClient().log_artifact(args.run_id, str(path), "inspect")
+    print(f"\nreport: {path}" + ("" if args.no_log else f" (logged to run {args.run_id} as inspect/{path.name})"))
+    return 0

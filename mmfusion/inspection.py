@@ -1,0 +1,315 @@
+"""Inspecting per-sample modality weights: the plots every run logs, and the report `mmfusion inspect` builds.
+
+A report reads a run back from MLflow (predictions, config, preprocessing, plots) plus the data the config names,
+and holds: the samples that leaned most on the text and on the table (with a dialogue snippet and the strongest
+tabular values), w_text statistics per class (and per truly informative modality on synthetic data, with
+`attribution_auroc`), and the run's plots. `format_text` prints it; `to_html` makes one self-contained page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from mmfusion.errors import DataError
+
+if TYPE_CHECKING:
+    from mmfusion.config import Config
+    from mmfusion.data.datamodule import PreparedData, Split
+    from mmfusion.data.tabular import TabularPreprocessor
+    from mmfusion.lit_module import FusionClassifierModule
+    from mmfusion.model import MultimodalClassifier
+
+SNIPPET_CHARS = 100
+
+
+# ---- plots logged by every run -----------------------------------------------------------------------------------
+
+
+def gate_by_dimension(model: "MultimodalClassifier", split: "Split", pad_id: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Gate fusion: per fused dimension, mean and std over the split's samples of g = sigmoid(gate(...)) -> (F,), (F,)."""
+    from functools import partial
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mmfusion.data.datamodule import SplitDataset, collate
+    from mmfusion.lit_module import MODEL_INPUTS
+
+    gates: list[torch.Tensor] = []
+    hook = model.fusion.gate.register_forward_hook(lambda mod, inp, out: gates.append(torch.sigmoid(out.float()).cpu()))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in DataLoader(SplitDataset(split), batch_size=batch_size, collate_fn=partial(collate, pad_id=pad_id)):
+                model(**{k: batch[k].to(device) for k in MODEL_INPUTS if k in batch})
+    finally:
+        hook.remove()
+        model.train(was_training)
+    g = torch.cat(gates).numpy()
+    return g.mean(0), g.std(0)
+
+
+def weight_figures(frames: dict[str, pd.DataFrame], fusion: str, epoch_weights: list | None = None, gate: tuple[np.ndarray, np.ndarray, str] | None = None) -> dict:
+    """name -> matplotlib figure, beside router_weights.png (by split, class, informative modality)."""
+    from mmfusion import plots
+
+    figures = {"w_text_correct_vs_wrong": plots.correctness_figure(frames, fusion)}
+    if epoch_weights:
+        figures["w_text_over_epochs"] = plots.epochs_figure([np.asarray(w) for w in epoch_weights], fusion)
+    if any(c.startswith("expert_") for c in next(iter(frames.values())).columns):
+        figures["expert_load"] = plots.expert_load_figure(frames, fusion)
+    if gate is not None:
+        mean, std, split = gate
+        figures["gate_by_dimension"] = plots.gate_dimensions_figure(mean, std, fusion, split)
+    return figures
+
+
+def log_weight_plots(cfg: "Config", frames: dict[str, pd.DataFrame], module: "FusionClassifierModule", data: "PreparedData", pad_id: int) -> list[str]:
+    """Log the modality-weight figures to the active MLflow run under plots/; -> the artifact paths."""
+    import matplotlib.pyplot as plt
+    import mlflow
+    from torch import nn
+
+    gate = None
+    if isinstance(getattr(module.model.fusion, "gate", None), nn.Linear):
+        split = "test" if len(data.splits["test"].ids) else "val"
+        gate = (*gate_by_dimension(module.model, data.splits[split], pad_id, cfg.trainer.eval_batch_size), split)
+    logged = []
+    epoch_weights = [w.cpu().numpy() for w in module.epoch_weights]
+    for name, fig in weight_figures(frames, cfg.model.fusion, epoch_weights, gate).items():
+        mlflow.log_figure(fig, f"plots/{name}.png")
+        plt.close(fig)
+        logged.append(f"plots/{name}.png")
+    return logged
+
+
+# ---- the report ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    run_id: str
+    fusion: str
+    split: str  # the split the tables describe (test, or val when there is no test split)
+    metrics: dict[str, float]
+    top_text: pd.DataFrame  # samples that leaned most on the dialogue
+    top_tab: pd.DataFrame  # samples that leaned most on the table
+    per_class: pd.DataFrame
+    per_modality: pd.DataFrame | None  # synthetic data: by the truly informative modality
+    attribution_auroc: float | None
+    plots: dict[str, bytes] = field(default_factory=dict)  # name -> PNG
+    notes: list[str] = field(default_factory=list)
+
+
+def _snippet(text) -> str:
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return "(no text)"
+    flat = " / ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1] + "…"
+
+
+def strongest_tabular(rows: pd.DataFrame, pre: "TabularPreprocessor", k: int = 3) -> pd.Series:
+    """Per row, the k numeric values furthest from the training mean (in standard deviations); categories fill in."""
+    cols = list(pre.numeric)
+    if cols:
+        values = rows[cols].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+        mean, std = np.array([pre.numeric[c][0] for c in cols]), np.array([pre.numeric[c][1] for c in cols])
+        z = (values - mean) / std
+    out = []
+    for i in range(len(rows)):
+        parts = []
+        if cols:
+            order = [j for j in np.argsort(-np.nan_to_num(np.abs(z[i]), nan=-1.0)) if not np.isnan(z[i, j])][:k]
+            parts = [f"{cols[j]}={values[i, j]:.4g} (z={z[i, j]:+.1f})" for j in order]
+        parts += [f"{c}={rows[c].iloc[i]}" for c in pre.categorical if pd.notna(rows[c].iloc[i])][: k - len(parts)]
+        out.append(", ".join(parts) or "(none)")
+    return pd.Series(out, index=rows.index)
+
+
+def source_rows(cfg: "Config", fingerprint_tag: str | None) -> tuple[pd.DataFrame | None, list[str]]:
+    """The raw rows the run was trained on, indexed by the id its predictions carry (as prepare_data assigns them)."""
+    from mmfusion.data.datamodule import fingerprint, load_frames
+
+    try:
+        seed = cfg.data.split_seed if getattr(cfg.data, "split_seed", None) is not None else cfg.seed  # as prepare_data
+        frame, test, cols = load_frames(cfg.data, seed)
+    except DataError as err:
+        return None, [f"the run's data could not be read, so no snippets are shown ({err})"]
+    frame = frame.reset_index(drop=True)
+    if cols["id"] is None:
+        frame = frame.assign(id=[f"row{i}" for i in range(len(frame))])
+        test = test.assign(id=[f"test_row{i}" for i in range(len(test))]) if test is not None else None
+        cols["id"] = "id"
+    notes = []
+    used = [cols["text"], cols["label"], *cols["numeric"], *cols["categorical"], cols["id"]]
+    if fingerprint_tag and fingerprint([frame, test], used) != fingerprint_tag:
+        notes.append("the data at the run's data path changed since training: snippets and tabular values may not match")
+    rows = pd.concat([f for f in (frame, test) if f is not None], ignore_index=True)
+    rows.index = rows[cols["id"]].astype(str)
+    return rows[~rows.index.duplicated()], notes
+
+
+def class_summary(frame: pd.DataFrame, by: str = "label") -> pd.DataFrame:
+    """w_text statistics and accuracy per group (true class, or truly informative modality)."""
+    right = frame["label"].astype(str) == frame["pred"].astype(str)
+    g = frame.assign(correct=right, leans_text=frame["w_text"] > 0.5).groupby(by)
+    out = pd.DataFrame({
+        "n": g.size(),
+        "accuracy": g["correct"].mean(),
+        "w_text_mean": g["w_text"].mean(),
+        "w_text_median": g["w_text"].median(),
+        "w_text_std": g["w_text"].std(ddof=0),
+        "w_text_q10": g["w_text"].quantile(0.1),
+        "w_text_q90": g["w_text"].quantile(0.9),
+        "share_leaning_text": g["leans_text"].mean(),
+    })
+    return out.reset_index()
+
+
+def modality_auroc(frame: pd.DataFrame) -> float | None:
+    """Synthetic data: how well w_text separates text-informative from tab-informative samples (0.5: no attribution)."""
+    if "true_modality" not in frame.columns:
+        return None
+    import torch
+
+    from mmfusion.data.datamodule import MODALITY_CODES
+    from mmfusion.metrics import attribution_auroc
+
+    codes = torch.tensor(frame["true_modality"].map(MODALITY_CODES).fillna(-1).to_numpy(np.int64))
+    return attribution_auroc(torch.tensor(frame["w_text"].to_numpy(np.float32)), codes)
+
+
+def top_samples(frame: pd.DataFrame, rows: pd.DataFrame | None, pre: "TabularPreprocessor", n: int, modality: str) -> pd.DataFrame:
+    """The n samples with the highest w_text (modality='text') or w_tab ('tab')."""
+    top = frame.sort_values("w_text" if modality == "text" else "w_tab", ascending=False, kind="stable").head(n)
+    out = top[["id", "label", "pred", "w_text", "w_tab"]].copy()
+    if "true_modality" in top.columns:
+        out["true_modality"] = top["true_modality"]
+    if rows is not None:
+        found = rows.reindex(top["id"].astype(str))
+        out["dialogue"] = [_snippet(t) if ok else "(id not in data)" for t, ok in zip(found[pre.text_column], found.index.isin(rows.index))]
+        out["strongest_tabular"] = strongest_tabular(found, pre).to_numpy() if len(found) else []
+    return out.reset_index(drop=True)
+
+
+def build_report(run_id: str, top: int = 10) -> Report:
+    """Read a run back from the active MLflow tracking store and assemble its report."""
+    import mlflow
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    from mmfusion.config import build_config
+    from mmfusion.data.tabular import TabularPreprocessor
+    from mmfusion import plots
+
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise DataError(f"run {run_id!r} not found in the tracking store {mlflow.get_tracking_uri()}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            pred_dir = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions", dst_path=tmp))
+            cfg_text = (Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp))).read_text()
+            pre = TabularPreprocessor.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="preprocessing.json", dst_path=tmp))
+        except (MlflowException, OSError) as err:
+            raise DataError(f"run {run_id}: missing artifact (predictions/, config.yaml or preprocessing.json): {str(err).splitlines()[0]}") from None
+        frames = {p.stem: pd.read_csv(p, dtype={"id": str, "label": str, "pred": str}) for p in sorted(pred_dir.glob("*.csv"))}
+        png = {}
+        if any(a.path == "plots" for a in client.list_artifacts(run_id)):
+            plot_dir = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="plots", dst_path=tmp))
+            png = {p.stem: p.read_bytes() for p in sorted(plot_dir.glob("*.png"))}
+    cfg = build_config(yaml.safe_load(cfg_text), f"run {run_id} config.yaml")
+    split = "test" if len(frames.get("test", [])) else "val"
+    if split not in frames:
+        raise DataError(f"run {run_id}: no predictions/test.csv or predictions/val.csv")
+    frame = frames[split]
+    rows, notes = source_rows(cfg, run.data.tags.get("mmfusion.data_fingerprint"))
+    if not png:  # an older run without logged plots: draw what the predictions allow
+        import io
+
+        figs = {"router_weights": plots.router_weights_figure(frames, cfg.model.fusion), **weight_figures(frames, cfg.model.fusion)}
+        for name, fig in figs.items():
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100)
+            png[name] = buf.getvalue()
+            plots.plt.close(fig)
+    per_modality = class_summary(frame, "true_modality") if "true_modality" in frame.columns else None
+    return Report(
+        run_id=run_id,
+        fusion=cfg.model.fusion,
+        split=split,
+        metrics={k: v for k, v in sorted(run.data.metrics.items()) if k.startswith(split + "_") or k.startswith("onnx")},
+        top_text=top_samples(frame, rows, pre, top, "text"),
+        top_tab=top_samples(frame, rows, pre, top, "tab"),
+        per_class=class_summary(frame),
+        per_modality=per_modality,
+        attribution_auroc=modality_auroc(frame),
+        plots=png,
+        notes=notes,
+    )
+
+
+# ---- rendering -------------------------------------------------------------------------------------------------
+
+
+def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
+    out = [(f"w_text per true class ({report.split})", report.per_class)]
+    if report.per_modality is not None:
+        out.append((f"w_text per truly informative modality ({report.split})", report.per_modality))
+    out += [(f"Samples that leaned most on the text ({report.split})", report.top_text), (f"Samples that leaned most on the table ({report.split})", report.top_tab)]
+    return out
+
+
+def format_text(report: Report) -> str:
+    lines = [f"run {report.run_id}  fusion={report.fusion}"]
+    lines += [f"note: {n}" for n in report.notes]
+    if report.metrics:
+        lines.append("  ".join(f"{k}={v:.4g}" for k, v in report.metrics.items()))
+    if report.attribution_auroc is not None:
+        lines.append(f"attribution_auroc (w_text vs the truly informative modality) = {report.attribution_auroc:.3f}")
+    with pd.option_context("display.width", 250, "display.max_colwidth", 70, "display.max_columns", 20):
+        for title, table in _sections(report):
+            lines += ["", f"== {title}", table.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+    return "\n".join(lines)
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px;margin-bottom:1.5em}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
+.note{color:#a40}"""
+
+
+def to_html(report: Report) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mmfusion inspect {report.run_id}</title><style>{CSS}</style></head><body>"]
+    parts.append(f"<h1>Modality weights of run {html.escape(report.run_id)}</h1><p>fusion: <b>{html.escape(report.fusion)}</b></p>")
+    parts += [f"<p class='note'>note: {html.escape(n)}</p>" for n in report.notes]
+    if report.metrics:
+        parts.append("<p>" + ", ".join(f"{html.escape(k)} = {v:.4g}" for k, v in report.metrics.items()) + "</p>")
+    if report.attribution_auroc is not None:
+        parts.append(f"<p><b>attribution_auroc</b> (w_text separating text-informative from table-informative samples; 0.5 = none): {report.attribution_auroc:.3f}</p>")
+    for title, table in _sections(report):
+        parts.append(f"<h2>{html.escape(title)}</h2>" + table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0))
+    if report.plots:
+        parts.append("<h2>Plots</h2>")
+        for name, data in report.plots.items():
+            parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(report: Report, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.html"
+    path.write_text(to_html(report), encoding="utf-8")
+    return path
