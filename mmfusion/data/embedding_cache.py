@@ -18,8 +18,10 @@ from mmfusion.data.datamodule import PreparedData, Split, collate
 from mmfusion.encoders.text import TextEncoder
 
 
-def cache_key(encoder_name: str, max_chunks: int, chunk_len: int, fingerprint: str, split: str, hidden: int) -> str:
-    text = f"{encoder_name}|C={max_chunks}|T={chunk_len}|H={hidden}|{fingerprint}|{split}"
+def cache_key(encoder_name: str, max_chunks: int, chunk_len: int, fingerprint: str, split: Split, hidden: int) -> str:
+    """Encoder, tokenizer settings, the data's fingerprint and which rows are in the split (splits move with seeds)."""
+    rows = hashlib.sha256("\n".join(split.ids).encode()).hexdigest()
+    text = f"{encoder_name}|C={max_chunks}|T={chunk_len}|H={hidden}|{fingerprint}|{rows}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -43,7 +45,7 @@ def attach_chunk_embeddings(data: PreparedData, encoder: TextEncoder, encoder_na
     """Fill `split.chunk_embeddings` for every split, from the cache where present. -> {"hits": n, "misses": n}."""
     stats = {"hits": 0, "misses": 0}
     for name, split in data.splits.items():
-        key = cache_key(encoder_name, max_chunks, chunk_len, data.fingerprint, name, encoder.hidden_size)
+        key = cache_key(encoder_name, max_chunks, chunk_len, data.fingerprint, split, encoder.hidden_size)
         path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
         if path is not None and path.is_file():
             stored = load_file(str(path))
