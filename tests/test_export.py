@@ -129,7 +129,7 @@ def test_scorer_rejects_preprocessing_of_another_width(concat_export):
 def test_log_onnx_fails_loudly_and_records_the_failed_parity(tiny_data, mlflow_uri, monkeypatch):
     cfg, data, tokenizer = tiny_data
     model = _model(cfg, data, "gate")
-    exact_copy = mmfusion.export._export_copy
+    exact_copy = mmfusion.export.onnx._export_copy
 
     def broken_exporter(m):  # an exporter bug: the exported graph computes something slightly different
         exported = exact_copy(m)
@@ -137,7 +137,7 @@ def test_log_onnx_fails_loudly_and_records_the_failed_parity(tiny_data, mlflow_u
             exported.head.bias[0] += 0.05  # one class: softmax ignores a shift of all logits
         return exported
 
-    monkeypatch.setattr(mmfusion.export, "_export_copy", broken_exporter)
+    monkeypatch.setattr(mmfusion.export.onnx, "_export_copy", broken_exporter)
     with mlflow.start_run() as run, pytest.raises(ParityError, match="tolerance 0.0001"):
         mmfusion.export.log_onnx(cfg, model, data, tokenizer)
     report = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/onnx/onnx_parity.json"))

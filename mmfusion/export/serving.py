@@ -1,0 +1,194 @@
+"""Scoring new rows with onnxruntime alone, from the files a run logged.
+
+    OnnxScorer(path)(batch)          an onnxruntime session that takes collate()-style batches (numpy or torch)
+    OnnxPredictor(model, artifacts)  raw rows -> predictions, after checking the files belong together
+    download_onnx(run_id, dst)       a run's ONNX model and `onnx/` artifacts
+
+This path imports no torch, so rows can be scored from a run's artifacts with onnxruntime, numpy, pandas and
+`tokenizers` only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnxruntime as ort
+
+from mmfusion.errors import DataError
+from mmfusion.export.onnx import ONNX_DTYPES, sha256_bytes, sha256_file
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Files under the run's `onnx/` artifact folder: with the ONNX logged model they are all `predict --onnx` needs.
+META_FILE, PARITY_FILE, INT8_FILE, PREPROCESSING_FILE, TOKENIZER_DIR = "onnx_meta.json", "onnx_parity.json", "onnx_int8.json", "preprocessing.json", "tokenizer"
+ONNX_MODEL_NAME, INT8_MODEL_NAME = "model_onnx", "model_onnx_int8"  # LoggedModels; not "onnx", which MLflow would list inside onnx/
+
+
+class ArtifactError(DataError):
+    """ONNX artifacts that do not belong together: a tampered model file or a preprocessing.json from elsewhere."""
+
+
+class OnnxScorer:
+    """An onnxruntime session over an exported model: `scorer(batch) -> {"probs", "modality_weights"[, "expert_weights"]}`.
+
+    `batch` is a collate()-style dict (numpy arrays or torch tensors); extra keys are ignored.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> None:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable models
+            raise ArtifactError(f"{path}: not a loadable ONNX model ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _feed(self, batch: dict) -> dict[str, np.ndarray]:
+        feed = {}
+        for name, info in self.inputs.items():
+            if name not in batch:
+                raise DataError(f"ONNX input {name!r} is missing from the batch (has: {', '.join(batch)})")
+            value = batch[name]
+            value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+            value = np.ascontiguousarray(value, dtype=ONNX_DTYPES.get(info.type, value.dtype))
+            for axis, (want, got) in enumerate(zip(info.shape, value.shape)):
+                if isinstance(want, int) and want != got:
+                    raise ArtifactError(
+                        f"ONNX input {name!r} has {got} values on axis {axis} but the model expects {want}: "
+                        "the preprocessing does not match the exported model"
+                    )
+            feed[name] = value
+        return feed
+
+    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, self._feed(batch))))
+
+
+class FastTokenizer:
+    """The `tokenizer.json` of a run through the `tokenizers` library: what DialogueChunker needs, without torch."""
+
+    def __init__(self, directory: str | Path, meta: dict) -> None:
+        from tokenizers import Tokenizer
+
+        file = Path(directory) / "tokenizer.json"
+        self.tok = Tokenizer.from_file(str(file))
+        self.tok.no_truncation()  # chunking truncates, as with the training tokenizer
+        self.tok.no_padding()
+        self.cls_token_id, self.sep_token_id = meta["cls_id"], meta["sep_id"]
+        self.bos_token_id = self.eos_token_id = None
+        self.pad_token_id = meta["pad_id"]
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]}
+
+
+def numpy_batch(chunks: list[list[list[int]]], numeric: np.ndarray, categorical: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+    """collate() without torch: pad chunks to the batch's most (at least 1) and tokens to its longest chunk."""
+    b = len(chunks)
+    c = max(1, max((len(ch) for ch in chunks), default=0))
+    t = max([len(x) for ch in chunks for x in ch] or [2])
+    ids = np.full((b, c, t), pad_id, np.int64)
+    att = np.zeros((b, c, t), np.int64)
+    cmask = np.zeros((b, c), np.int64)
+    for i, sample in enumerate(chunks):
+        for j, ch in enumerate(sample):
+            ids[i, j, : len(ch)], att[i, j, : len(ch)], cmask[i, j] = ch, 1, 1
+    return {"input_ids": ids, "attention_mask": att, "chunk_mask": cmask, "numeric": numeric.astype(np.float32), "categorical": categorical.astype(np.int64)}
+
+
+def scores_frame(outputs: dict[str, np.ndarray], classes: list[str]) -> "pd.DataFrame":
+    """ONNX outputs -> the prediction columns every scorer writes: pred, prob_<class>..., w_text, w_tab[, expert_i]."""
+    import pandas as pd
+
+    probs, weights = outputs["probs"], outputs["modality_weights"]
+    df = pd.DataFrame({"pred": np.asarray(classes)[probs.argmax(1)] if len(probs) else []})
+    for k, c in enumerate(classes):
+        df[f"prob_{c}"] = probs[:, k]
+    df["w_text"], df["w_tab"] = weights[:, 0], weights[:, 1]
+    if "expert_weights" in outputs:
+        for e in range(outputs["expert_weights"].shape[1]):
+            df[f"expert_{e}"] = outputs["expert_weights"][:, e]
+    return df
+
+
+class OnnxPredictor:
+    """Scores raw rows from a folder holding model.onnx, onnx_meta.json, preprocessing.json and tokenizer/.
+
+    Checks before scoring that the files belong together: the model's sha256 is the one recorded at export, and
+    preprocessing.json is the one the model was exported with.
+    """
+
+    def __init__(self, model_path: str | Path, artifacts: str | Path, threads: int | None = None, int8: bool = False) -> None:
+        from mmfusion.data.chunking import DialogueChunker
+        from mmfusion.data.tabular import TabularPreprocessor
+
+        artifacts = Path(artifacts)
+        meta_file = artifacts / META_FILE
+        if not meta_file.is_file():
+            raise ArtifactError(f"{meta_file}: missing; was the run exported (export.onnx=true or `mmfusion export`)?")
+        self.meta = json.loads(meta_file.read_text())
+        digest, expected = sha256_file(model_path), self.meta.get("int8_model_sha256" if int8 else "model_sha256")
+        if expected is None:
+            raise ArtifactError(f"{meta_file}: the latest export of this run made no {'int8' if int8 else 'fp32'} model; run `mmfusion export` again")
+        if digest != expected:
+            raise ArtifactError(f"{model_path}: sha256 {digest[:12]}... differs from the exported model's {expected[:12]}...: the ONNX file was modified")
+        pre_file = artifacts / PREPROCESSING_FILE
+        pre_text = pre_file.read_text() if pre_file.is_file() else ""
+        self.scorer = OnnxScorer(model_path, threads)
+        expected = self.scorer.metadata.get("mmfusion.preprocessing_sha256")
+        if sha256_bytes(pre_text.encode()) != expected:
+            raise ArtifactError(f"{pre_file}: does not match the preprocessing the ONNX model was exported with (sha256 mismatch)")
+        self.pre = TabularPreprocessor.load(pre_file)
+        tokenizer_dir = artifacts / TOKENIZER_DIR
+        if (tokenizer_dir / "tokenizer.json").is_file():
+            tokenizer = FastTokenizer(tokenizer_dir, self.meta)
+        else:  # a tokenizer without a `tokenizers` file: transformers reads it
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.chunker = DialogueChunker(tokenizer, self.meta["max_chunks"], self.meta["chunk_len"])
+
+    def check_columns(self, frame: "pd.DataFrame", source: str) -> None:
+        from mmfusion.data.table import check_columns, check_numeric
+
+        check_columns(frame, [self.pre.text_column, *self.pre.numeric, *self.pre.categorical], source)
+        check_numeric(frame, list(self.pre.numeric), source)
+
+    def predict(self, frame: "pd.DataFrame", batch_size: int = 64) -> "pd.DataFrame":
+        import pandas as pd
+
+        parts = []
+        for start in range(0, len(frame), batch_size):
+            part = frame.iloc[start : start + batch_size]
+            numeric, categorical = self.pre.transform(part)
+            batch = numpy_batch(self.chunker(part[self.pre.text_column].tolist()), numeric, categorical, self.meta["pad_id"])
+            parts.append(scores_frame(self.scorer(batch), self.pre.classes))
+        result = pd.concat(parts, ignore_index=True) if parts else scores_frame({"probs": np.zeros((0, len(self.pre.classes))), "modality_weights": np.zeros((0, 2))}, self.pre.classes)
+        if self.pre.id_column and self.pre.id_column in frame.columns:
+            result.insert(0, "id", frame[self.pre.id_column].astype(str).to_numpy())
+        return result
+
+
+def download_onnx(run_id: str, dst: str | Path, int8: bool = False) -> tuple[Path, Path]:
+    """-> (model.onnx, folder with the run's `onnx/` artifacts), downloaded into `dst`."""
+    import mlflow
+
+    from mmfusion.export.tracking import logged_model_id  # here: tracking imports this module
+
+    dst = Path(dst)
+    name = INT8_MODEL_NAME if int8 else ONNX_MODEL_NAME
+    model_id = logged_model_id(run_id, name)
+    if model_id is None:
+        raise DataError(f"run {run_id} has no {name!r} model; export it first: python -m mmfusion export --run-id {run_id}" + (" --quantize" if int8 else ""))
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(dst / name)))
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="onnx", dst_path=str(dst)))
+    return model_dir / "model.onnx", artifacts
