@@ -122,7 +122,7 @@ class TrainerConfig(Strict):
     enable_progress_bar: bool = True
     output_dir: str = "outputs"  # checkpoints and job files, under <output_dir>/<run_id>/
     checkpoints: bool = True  # (sharded under fsdp) each epoch and at the end; `train --resume RUN_ID` continues
-    compile: bool = False  # torch.compile the text encoder (pays on long runs; see results/bench.md)
+    compile: bool = False  # torch.compile the text encoder; measured slower on CPU after a 2-3 min compile (results/bench.md)
 
 
 class TrackingConfig(Strict):

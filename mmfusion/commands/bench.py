@@ -1,0 +1,41 @@
+"""`mmfusion bench [--config X.yaml] [key=value ...] [--json PATH|-]`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mmfusion.cli import add_config_arguments
+
+HELP = "measure speed and memory: the original design vs the optimized path, eager PyTorch vs ONNX Runtime (fp32, int8)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--train-samples", type=int, default=96, help="training dialogues each path trains on (default 96)")
+    p.add_argument("--eval-samples", type=int, default=64, help="validation dialogues each path scores; also the batch-64 set (default 64)")
+    p.add_argument("--latency-samples", type=int, default=16, help="batch-1 calls per inference engine (default 16)")
+    p.add_argument("--epochs", type=int, default=1, help="training epochs per path: the same budget for both (default 1)")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime section")
+    p.add_argument("--compile", action="store_true", help="also measure the optimized path under torch.compile")
+    p.add_argument("--profile", action="store_true", help="print where one optimized training step spends its time")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout, after the table)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from mmfusion.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from mmfusion.bench import BenchSettings, format_report, run_bench
+
+    settings = BenchSettings(args.train_samples, args.eval_samples, args.latency_samples, args.epochs, not args.no_onnx, args.compile, args.profile)
+    result = run_bench(cfg, settings, progress=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
+    result["command"] = " ".join(["python -m mmfusion", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "python -m mmfusion bench"
+    print(format_report(result))
+    if args.json == "-":
+        print(json.dumps(result, indent=2))
+    elif args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
