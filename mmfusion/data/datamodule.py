@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from mmfusion.config import DataConfig
 from mmfusion.data import synthetic
 from mmfusion.data.chunking import DialogueChunker
-from mmfusion.data.sampler import bucketed_loader
+from mmfusion.data.sampler import EpochShuffle, bucketed_loader
 from mmfusion.data.table import check_columns, check_labels, check_numeric, read_table
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
@@ -197,8 +197,7 @@ class MultimodalDataModule(L.LightningDataModule):
         return DataLoader(
             SplitDataset(self.data.splits[split]),
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=EpochShuffle(len(self.data.splits[split].ids), self.seed) if shuffle else None,
             collate_fn=partial(collate, pad_id=self.pad_id),
             num_workers=self.num_workers,
         )

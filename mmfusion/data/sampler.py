@@ -1,6 +1,6 @@
 """Length-bucketing batch sampler: batches of similar-length dialogues, so each batch pads little.
 
-The indices come from an ordinary sampler (a seeded `RandomSampler` in one process). The sampler's order is cut into
+The indices come from an ordinary sampler (`EpochShuffle` in one process). The sampler's order is cut into
 buckets of `bucket_batches` batches; each bucket is sorted by length and cut into batches; the batches of the epoch
 are then shuffled. Every index the inner sampler yields lands in exactly one batch, so one process sees each sample
 exactly once per epoch.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 
 class LengthBucketBatchSampler(BatchSampler):
@@ -38,6 +38,8 @@ class LengthBucketBatchSampler(BatchSampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):  # EpochShuffle, or Lightning's DistributedSampler
+            self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = torch.as_tensor(list(self.sampler), dtype=torch.long)
@@ -55,6 +57,23 @@ class LengthBucketBatchSampler(BatchSampler):
             yield batches[i]
 
 
+class EpochShuffle(Sampler[int]):
+    """A random order that depends only on (seed, epoch), like DistributedSampler's: a job resumed at epoch k sees
+    the same batches as the job that was never interrupted (a generator seeded once would replay epoch 0's order)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
+
+
 def padded_length(chunks: list[list[int]]) -> int:
     """The bucketing key of a dialogue: its longest chunk.
 
@@ -68,6 +87,6 @@ def padded_length(chunks: list[list[int]]) -> int:
 def bucketed_loader(dataset, batch_size: int, seed: int, collate_fn: Callable, num_workers: int = 0, bucket_batches: int = 8) -> DataLoader:
     """A shuffled, length-bucketed training loader over a `SplitDataset` (seeded: the same batches for the same seed)."""
     lengths = [padded_length(c) for c in dataset.split.chunks]
-    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    sampler = EpochShuffle(len(dataset), seed)
     batches = LengthBucketBatchSampler(sampler, batch_size, drop_last=False, lengths=lengths, bucket_batches=bucket_batches, seed=seed)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers)
