@@ -28,9 +28,12 @@ def tiny_bert(tmp_path_factory) -> str:
 
 @pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch) -> str:
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)  # a URI set by an earlier test in this process would win over the variable
     return uri
 
 
