@@ -33,7 +33,12 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)  # a URI set by an earlier test in this process would win over the variable
+    # MLflow's fluent API keeps process-wide state: a URI, active experiment or run left by an earlier test would
+    # point into another test's store
+    mlflow.set_tracking_uri(uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_experiment(experiment_id="0")  # "Default", present in every new store
     return uri
 
 
