@@ -20,10 +20,10 @@ from typing import Iterator
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 
-from mmfusion.config import Config, build_config
+from mmfusion.config import Config
 from mmfusion.errors import DataError, UserError
+from mmfusion.runs import config_of_run
 from mmfusion.tracking import git_sha, library_versions
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,7 @@ def _tracking_env(uri: str) -> Iterator[None]:
 
 
 def recorded_config(client: mlflow.MlflowClient, run_id: str) -> Config:
-    try:
-        text = _read(client, run_id, "config.yaml")
-    except Exception as err:
-        raise UserError(f"run {run_id}: cannot read its config.yaml artifact ({str(err).splitlines()[0]})") from None
-    return build_config(yaml.safe_load(text) or {}, f"config.yaml of run {run_id}")
+    return config_of_run(run_id, client=client)
 
 
 def check_environment(client: mlflow.MlflowClient, run) -> list[str]:

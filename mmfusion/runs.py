@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import mlflow
 import yaml
@@ -12,13 +14,16 @@ from mmfusion.errors import ConfigError, UserError
 from mmfusion.tracking import DEFAULT_URI
 
 
-def config_of_run(run_id: str, tracking_uri: str | None = None) -> Config:
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI)
+def config_of_run(run_id: str, tracking_uri: str | None = None, client: mlflow.MlflowClient | None = None) -> Config:
+    """The resolved config a run logged (`config.yaml`), read through `client` (or one for the usual URI: the
+    environment's, else the given one, else the default) without touching MLflow's process-wide state."""
+    client = client or mlflow.MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI)
     try:
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")
+        with tempfile.TemporaryDirectory() as tmp:
+            text = Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text()
     except Exception as err:  # MlflowException, OSError, ... : the run or its artifact is not there
-        raise UserError(f"run {run_id!r}: cannot read its config.yaml at {mlflow.get_tracking_uri()} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    return build_config(yaml.safe_load(text), f"config.yaml of run {run_id}")
+        raise UserError(f"run {run_id!r}: cannot read its config.yaml at {client.tracking_uri} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    return build_config(yaml.safe_load(text) or {}, f"config.yaml of run {run_id}")
 
 
 def ensure_same_config(logged: Config, given: Config) -> Config:
