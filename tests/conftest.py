@@ -38,7 +38,9 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(uri)
     while mlflow.active_run():
         mlflow.end_run()
-    mlflow.set_experiment(experiment_id="0")  # "Default", present in every new store
+    # forget the active experiment without touching the new store (tests check that errors create no database)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it
     return uri
 
 
