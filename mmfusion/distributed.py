@@ -40,9 +40,16 @@ def launched_externally() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def devices_per_node(cfg: Config) -> int:
+    return cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+
+
+def world_size(cfg: Config) -> int:
+    return devices_per_node(cfg) * cfg.trainer.num_nodes
+
+
 def needs_supervisor(cfg: Config) -> bool:
-    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
-    return devices > 1 and cfg.trainer.num_nodes == 1 and not launched_externally()
+    return devices_per_node(cfg) > 1 and cfg.trainer.num_nodes == 1 and not launched_externally()
 
 
 def _die_with_parent() -> None:

@@ -83,7 +83,7 @@ def _strategy(cfg: Config):
     if cfg.trainer.strategy == "fsdp":
         from lightning.pytorch.strategies import ModelParallelStrategy
 
-        return ModelParallelStrategy(data_parallel_size=world_size(cfg), tensor_parallel_size=1)
+        return ModelParallelStrategy(data_parallel_size=distributed.world_size(cfg), tensor_parallel_size=1)
     return cfg.trainer.strategy
 
 
@@ -144,7 +144,7 @@ def train(
         if resume_run_id is None:
             log_config(cfg)
             mlflow.log_text(data.preprocessor.to_json(), "preprocessing.json")
-            mlflow.set_tags({"mmfusion.job_dir": str(job_dir), "mmfusion.strategy": cfg.trainer.strategy, "mmfusion.world_size": str(world_size(cfg))})
+            mlflow.set_tags({"mmfusion.job_dir": str(job_dir), "mmfusion.strategy": cfg.trainer.strategy, "mmfusion.world_size": str(distributed.world_size(cfg))})
         if not distributed.needs_supervisor(cfg):
             return _fit(cfg, data, tokenizer, run_id, list(callbacks), resume=resume_run_id is not None)
         if callbacks:
@@ -156,10 +156,6 @@ def train(
         finally:
             os.environ.pop(RESUME_ENV, None)
         return TrainResult(run_id, result["metrics"], pd.read_csv(job_dir / "predictions_test.csv"), None, data)
-
-
-def world_size(cfg: Config) -> int:
-    return (cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1) * cfg.trainer.num_nodes
 
 
 def _fit(cfg: Config, data: PreparedData, tokenizer, run_id: str, callbacks: list[L.Callback], resume: bool) -> TrainResult:
