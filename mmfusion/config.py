@@ -65,11 +65,13 @@ class ModelConfig(Strict):
     fusion: str = "concat"
     text_encoder: str = DEFAULT_TEXT_ENCODER  # a Hugging Face name or a local path
     freeze_text_encoder: bool = False
+    chunk_pooling: Literal["mean", "attention"] = "mean"  # how chunk embeddings make h_text; mean: the original design
     fusion_dim: int = Field(128, ge=2)
     tab_hidden: int = Field(128, ge=2)
     tab_dim: int = Field(64, ge=2)
     category_embed_dim: int = Field(8, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    modality_dropout: float = Field(0.0, ge=0.0, le=0.5)  # per training sample: P(text removed) = P(table removed)
     router: Literal["linear", "mlp"] = "linear"
     routing: Literal["soft", "hard"] = "soft"
     gumbel_temperature: float = Field(1.0, gt=0.0)

@@ -17,7 +17,7 @@ from transformers import get_scheduler
 from mmfusion.config import OptimConfig
 from mmfusion.errors import ConfigError
 from mmfusion.metrics import attribution_auroc, classification_metrics, faithfulness, modality_drops
-from mmfusion.model import ModelOutput, MultimodalClassifier
+from mmfusion.model import ModelOutput, MultimodalClassifier, blank_modalities
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings")
 
@@ -37,9 +37,10 @@ def transformer_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 class FusionClassifierModule(L.LightningModule):
-    def __init__(self, model: MultimodalClassifier, optim: OptimConfig, n_classes: int) -> None:
+    def __init__(self, model: MultimodalClassifier, optim: OptimConfig, n_classes: int, modality_dropout: float = 0.0) -> None:
         super().__init__()
         self.model, self.optim, self.n_classes = model, optim, n_classes
+        self.modality_dropout = modality_dropout
         check_class_weights(optim, n_classes)
         weights = None if optim.class_weights is None else torch.tensor(optim.class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
@@ -60,8 +61,8 @@ class FusionClassifierModule(L.LightningModule):
         for layer in transformer_layers(m.text_encoder.backbone):
             if not isinstance(layer, FSDPModule):
                 fully_shard(layer, mesh=mesh)
-        for part in (m.text_encoder, m.tab_encoder, m.fusion, m.head):
-            if not isinstance(part, FSDPModule) and any(True for _ in part.parameters()):
+        for part in (m.text_encoder, m.tab_encoder, m.chunk_pool, m.fusion, m.head):
+            if part is not None and not isinstance(part, FSDPModule) and any(True for _ in part.parameters()):
                 fully_shard(part, mesh=mesh)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -86,6 +87,10 @@ class FusionClassifierModule(L.LightningModule):
         return self.model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.modality_dropout:  # one draw per row: text removed, table removed, or (most often) neither
+            u = torch.rand(len(batch["label"]), device=batch["label"].device)
+            p = self.modality_dropout
+            batch = blank_modalities(batch, u < p, (u >= p) & (u < 2 * p))
         out = self(batch)
         loss = F.cross_entropy(out.logits.float(), batch["label"], weight=self.class_weights) + out.aux_loss
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))

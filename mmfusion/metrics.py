@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy, multiclass_auroc, multiclass_f1_score
 
+from mmfusion.model import blank_modalities
+
 TEXT, TAB = 1, 0  # modality codes (see data.datamodule.MODALITY_CODES)
 
 
@@ -36,12 +38,15 @@ def modality_drops(model, encoded: tuple, batch: dict, probs: torch.Tensor) -> t
     """Drop in the true-class probability when the text, or the table, is replaced by an uninformative input.
 
     Uninformative text: no chunks at all. Uninformative table: every numeric value at its training mean and every
-    category unknown (what the preprocessing maps missing values to). -> (drop_text, drop_tab), each (B,).
+    category unknown (what the preprocessing maps missing values to). The same inputs as `model.blank_modalities`
+    (what `model.modality_dropout` trains on), substituted after encoding. -> (drop_text, drop_tab), each (B,).
     """
     h_text, chunks, h_tab = encoded
     mask = batch["chunk_mask"]
     no_text = model.classify(torch.zeros_like(h_text), h_tab, torch.zeros_like(chunks), torch.zeros_like(mask))
-    null_tab = model.tab_encoder(torch.zeros_like(batch["numeric"]), torch.zeros_like(batch["categorical"]))
+    every = torch.ones_like(batch["label"], dtype=torch.bool)
+    blank = blank_modalities(batch, ~every, every)
+    null_tab = model.tab_encoder(blank["numeric"], blank["categorical"])
     no_tab = model.classify(h_text, null_tab, chunks, mask)
     label = batch["label"].unsqueeze(1)
     p_true = probs.gather(1, label).squeeze(1)

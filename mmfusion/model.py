@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mmfusion.config import ModelConfig
-from mmfusion.encoders import TabularEncoder, TextEncoder, masked_chunk_mean
+from mmfusion.encoders import AttentionChunkPool, TabularEncoder, TextEncoder, masked_chunk_mean
 from mmfusion.fusion import Fusion, create_fusion
 
 
@@ -20,9 +20,10 @@ class ModelOutput(NamedTuple):
 
 
 class MultimodalClassifier(nn.Module):
-    def __init__(self, text_encoder: TextEncoder, tab_encoder: TabularEncoder, fusion: Fusion, n_classes: int) -> None:
+    def __init__(self, text_encoder: TextEncoder, tab_encoder: TabularEncoder, fusion: Fusion, n_classes: int, chunk_pool: nn.Module | None = None) -> None:
         super().__init__()
         self.text_encoder, self.tab_encoder, self.fusion = text_encoder, tab_encoder, fusion
+        self.chunk_pool = chunk_pool  # None: the masked mean of the chunk embeddings
         self.head = nn.Linear(fusion.out_dim, n_classes)
 
     def forward(
@@ -44,6 +45,8 @@ class MultimodalClassifier(nn.Module):
         else:
             chunks = chunk_embeddings
             h_text = masked_chunk_mean(chunks, chunk_mask)
+        if self.chunk_pool is not None:
+            h_text = self.chunk_pool(chunks, chunk_mask)
         return h_text, chunks, self.tab_encoder(numeric, categorical)
 
     def classify(self, h_text, h_tab, chunks, chunk_mask) -> ModelOutput:
@@ -52,8 +55,26 @@ class MultimodalClassifier(nn.Module):
         return ModelOutput(self.head(out.fused), out.modality_weights, out.aux_loss, out.expert_weights)
 
 
+def blank_modalities(batch: dict[str, torch.Tensor], no_text: torch.Tensor, no_tab: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A copy of `batch` with the text of rows `no_text` (B,) bool removed (no chunks) and the table of rows `no_tab`
+    replaced by the uninformative row (numeric values at their training mean, no missing flags, unknown categories).
+
+    These are the inputs the faithfulness check (`metrics.modality_drops`) substitutes; `model.modality_dropout`
+    trains on them so that the model reads them as "this modality says nothing" rather than as unseen inputs.
+    """
+    out = dict(batch)
+    keep_text, keep_tab = (~no_text).to(batch["chunk_mask"].dtype), (~no_tab)
+    out["chunk_mask"] = batch["chunk_mask"] * keep_text[:, None]
+    if batch.get("chunk_embeddings") is not None:
+        out["chunk_embeddings"] = batch["chunk_embeddings"] * keep_text[:, None, None].to(batch["chunk_embeddings"].dtype)
+    out["numeric"] = batch["numeric"] * keep_tab[:, None].to(batch["numeric"].dtype)
+    out["categorical"] = batch["categorical"] * keep_tab[:, None].to(batch["categorical"].dtype)
+    return out
+
+
 def build_model(cfg: ModelConfig, backbone: nn.Module, n_numeric: int, cardinalities: list[int], n_classes: int) -> MultimodalClassifier:
     text = TextEncoder(backbone, frozen=cfg.freeze_text_encoder)
     tab = TabularEncoder(n_numeric, cardinalities, cfg.category_embed_dim, cfg.tab_hidden, cfg.tab_dim, cfg.dropout)
     fusion = create_fusion(cfg.fusion, text.hidden_size, tab.out_dim, cfg)
-    return MultimodalClassifier(text, tab, fusion, n_classes).train()  # from_pretrained leaves the encoder in eval mode
+    pool = AttentionChunkPool(text.hidden_size, cfg.fusion_dim) if cfg.chunk_pooling == "attention" else None
+    return MultimodalClassifier(text, tab, fusion, n_classes, pool).train()  # from_pretrained leaves the encoder in eval mode

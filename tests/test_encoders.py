@@ -8,7 +8,7 @@ from transformers import AutoModel
 
 from mmfusion.config import ModelConfig
 from mmfusion.data.datamodule import collate
-from mmfusion.encoders import TabularEncoder, TextEncoder, load_text_backbone, load_tokenizer, masked_chunk_mean
+from mmfusion.encoders import AttentionChunkPool, TabularEncoder, TextEncoder, load_text_backbone, load_tokenizer, masked_chunk_mean
 from mmfusion.model import build_model
 
 
@@ -68,6 +68,46 @@ def test_packed_equals_unpacked(encoder):
 def test_pooling_is_masked_mean():
     chunks = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [100.0, 100.0]]])
     torch.testing.assert_close(masked_chunk_mean(chunks, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+def test_attention_pooling_ignores_padding_and_learns_to_pick_a_chunk():
+    torch.manual_seed(0)
+    pool = AttentionChunkPool(hidden=4, dim=8)
+    chunks, mask = torch.randn(3, 5, 4), torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+    chunks = chunks * mask[..., None]  # padding chunks are zeros, as the encoder returns them
+    out = pool(chunks, mask)
+    assert torch.all(out[2] == 0)  # no text: zeros, not NaN
+    torch.testing.assert_close(out[1], chunks[1, 0])  # one real chunk: itself, whatever its score
+    garbage = chunks.clone()
+    garbage[0, 3:] = 100.0  # anything at padding positions is ignored
+    torch.testing.assert_close(pool(garbage, mask)[0], out[0])
+    # the pooled vector is a convex combination of the real chunks, and gradients reach the scorer
+    target = torch.zeros(3, 5, 4)
+    target[:, 1, 0] = 1.0  # "the label is in chunk 1": learnable only by attending to it
+    x = torch.randn(64, 3, 4)
+    x[:, 1, 0] = 3.0  # chunk 1 is recognisable by feature 0
+    m = torch.ones(64, 3)
+    opt = torch.optim.Adam(pool.parameters(), lr=0.05)
+    for _ in range(100):
+        loss = (pool(x, m)[:, 0] - 3.0).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_model_pools_chunks_as_configured(tiny_bert, pooling):
+    model = build_model(ModelConfig(chunk_pooling=pooling, fusion_dim=8), AutoModel.from_pretrained(tiny_bert), 4, [3, 3], 2).eval()
+    b = batch_of(SAMPLES)
+    h_text, chunks, _ = model.encode(b["input_ids"], b["attention_mask"], b["chunk_mask"], b["numeric"], b["categorical"])
+    assert (model.chunk_pool is None) == (pooling == "mean")
+    if pooling == "mean":
+        torch.testing.assert_close(h_text, masked_chunk_mean(chunks, b["chunk_mask"]))
+    assert torch.all(h_text[2] == 0) and torch.isfinite(h_text).all()
+    # the cached-embedding path pools the same way
+    cached, _, _ = model.encode(b["input_ids"], b["attention_mask"], b["chunk_mask"], b["numeric"], b["categorical"], chunk_embeddings=chunks)
+    torch.testing.assert_close(cached, h_text)
 
 
 def test_frozen_encoder_stays_in_eval_and_gets_no_grad(tiny_bert):

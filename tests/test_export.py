@@ -47,11 +47,11 @@ def _model(cfg, data, fusion: str, **model_overrides):
     return build_model(mcfg, copy.deepcopy(_backbone(cfg.model.text_encoder)), pre.n_numeric_features, pre.cardinalities, len(pre.classes))
 
 
-@pytest.mark.parametrize("fusion", [*list_fusions(), "moe:hard"])
+@pytest.mark.parametrize("fusion", [*list_fusions(), "moe:hard", "moe:hard:attention"])
 def test_every_fusion_exports_with_parity(fusion, tiny_data, tmp_path):
     cfg, data, tokenizer = tiny_data
-    name, _, routing = fusion.partition(":")
-    model = _model(cfg, data, name, **({"routing": routing} if routing else {}))
+    name, routing, pooling = (fusion.split(":") + ["", ""])[:3]
+    model = _model(cfg, data, name, **({"routing": routing} if routing else {}), **({"chunk_pooling": pooling} if pooling else {}))
     batches = parity_batches(data.splits["test"], tokenizer.pad_token_id, batch_size=8)
     scorer = OnnxScorer(export_onnx(model, batches[0], tmp_path / "m.onnx"))
     assert model.training  # the export works on a copy: the trained model is left as it was

@@ -109,7 +109,8 @@ def test_cli_data_error_is_exit_2_without_a_run(mlflow_uri, tiny_bert, tmp_path)
 
 
 def test_embedding_cache_gives_identical_results(mlflow_uri, tiny_overrides, tmp_path):
-    frozen = [*tiny_overrides, "model.freeze_text_encoder=true", "model.fusion=attention"]
+    # a trainable chunk pool after the cache, and modality dropout's draws, must not break run-to-run identity
+    frozen = [*tiny_overrides, "model.freeze_text_encoder=true", "model.fusion=attention", "model.chunk_pooling=attention", "model.modality_dropout=0.2"]
     plain = train(load_config(None, frozen))
     cached_cold = train(load_config(None, [*frozen, f"data.cache_dir={tmp_path / 'cache'}"]))
     cached_warm = train(load_config(None, [*frozen, f"data.cache_dir={tmp_path / 'cache'}"]))

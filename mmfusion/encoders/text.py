@@ -1,7 +1,9 @@
 """Any Hugging Face encoder over chunked dialogues, pooled with masks at both levels.
 
-Tokens are mean-pooled within a chunk (attention mask), chunks are mean-pooled within a dialogue (chunk mask).
-Padding chunks are neither counted nor encoded: the real chunks of a batch are packed into one encoder batch.
+Tokens are mean-pooled within a chunk (attention mask), chunks are pooled within a dialogue (chunk mask): by their
+mean (the original design, `model.chunk_pooling=mean`) or by learned attention (`attention`), which lets the one
+message that carries the label outweigh the small talk around it. Padding chunks are neither counted nor encoded:
+the real chunks of a batch are packed into one encoder batch.
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ def masked_chunk_mean(chunks: torch.Tensor, chunk_mask: torch.Tensor) -> torch.T
     """(B, C, H), (B, C) -> (B, H): mean over real chunks; zeros for a sample with none."""
     m = chunk_mask.to(chunks.dtype).unsqueeze(-1)  # (B, C, 1)
     return (chunks * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class AttentionChunkPool(nn.Module):
+    """Learned attention over a dialogue's real chunks: score_c = v . tanh(W chunk_c), softmax over real chunks.
+
+    Trainable even when the backbone is frozen (it sits after the embedding cache). A sample with no chunks gets
+    zeros, like the masked mean; no NaN path, so it exports to ONNX as is.
+    """
+
+    def __init__(self, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(hidden, dim), nn.Tanh(), nn.Linear(dim, 1))
+
+    def forward(self, chunks: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
+        """(B, C, H), (B, C) -> (B, H)."""
+        real = chunk_mask > 0
+        scores = self.score(chunks).squeeze(-1).float().masked_fill(~real, -1e4)  # exp(-1e4 - max) is exactly 0
+        weights = scores.softmax(dim=-1) * real  # an all-padding row: uniform over zero vectors, then masked to 0
+        return (weights.unsqueeze(-1).to(chunks.dtype) * chunks).sum(1)
 
 
 class TextEncoder(nn.Module):
