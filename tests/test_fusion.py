@@ -90,7 +90,21 @@ def test_hard_routing_mixes_one_expert_but_reports_soft_weights():
     experts = torch.stack([fusion.text_expert(h_text), fusion.tab_expert(h_tab)], 1)
     pick = out.modality_weights.argmax(-1)
     torch.testing.assert_close(out.fused, experts[torch.arange(B), pick])  # exactly one expert, the likelier one
-    assert ((out.modality_weights > 0) & (out.modality_weights < 1)).all()  # the router's belief, not a one-hot
+    has_text = chunk_mask.sum(1) > 0
+    assert ((out.modality_weights[has_text] > 0) & (out.modality_weights[has_text] < 1)).all()  # a belief, not a one-hot
+
+
+@pytest.mark.parametrize("name,options", [v for v in variants() if v[0] in ("moe", "moe_topk") and v[1]], ids=lambda v: v if isinstance(v, str) else "-".join(v.values()))
+@pytest.mark.parametrize("training", [False, True])
+def test_routers_never_send_a_sample_without_text_to_a_text_expert(name, options, training):
+    torch.manual_seed(0)
+    fusion = create_fusion(name, DT, DA, ModelConfig(fusion=name, fusion_dim=8, **options)).train(training)
+    h_text, h_tab, chunks, chunk_mask = inputs()
+    assert chunk_mask[3].sum() == 0  # row 3 has no text
+    out = fusion(h_text, h_tab, chunks, chunk_mask)
+    assert out.modality_weights[3, 0] == 0 and out.modality_weights[3, 1] == 1
+    if name == "moe":  # its router gives every row with text some text weight (top-k may pick two tab experts)
+        assert out.modality_weights[chunk_mask.sum(1) > 0, 0].min() > 0
 
 
 def test_topk_keeps_k_experts_and_balance_loss_is_positive():

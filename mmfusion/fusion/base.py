@@ -80,6 +80,14 @@ def two_way(w_text: torch.Tensor) -> torch.Tensor:
     return torch.stack([w_text, 1.0 - w_text], dim=-1)
 
 
+def bar_absent_text(logits: torch.Tensor, chunk_mask: torch.Tensor, text_experts: int) -> torch.Tensor:
+    """Router logits (B, E) whose first `text_experts` experts read the text: a sample without a single real chunk
+    cannot be routed to them (its text expert would only see zeros), so its w_text is 0."""
+    no_text = (chunk_mask.sum(dim=-1) == 0).unsqueeze(-1)  # (B, 1)
+    is_text = torch.arange(logits.shape[-1], device=logits.device) < text_experts  # (E,)
+    return logits.masked_fill(no_text & is_text, -1e4)
+
+
 def route(logits: torch.Tensor, routing: str, temperature: float, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn router logits (B, E) into (mixing weights, reported weights), both (B, E).
 

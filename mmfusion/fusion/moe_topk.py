@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfusion.fusion.base import Fusion, FusionOutput, projection, register_fusion, route, router_net, two_way
+from mmfusion.fusion.base import Fusion, FusionOutput, bar_absent_text, projection, register_fusion, route, router_net, two_way
 
 
 @register_fusion("moe_topk")
@@ -14,7 +14,8 @@ class TopKMoEFusion(Fusion):
     The first N/2 experts read the text, the rest the table. With gates G = top_k(softmax(R([p_text; p_tab]) + noise)),
     fused = sum_i G_i E_i(p_modality(i)) and w_text = sum of the text experts' gates. The auxiliary loss is the
     Switch-Transformer balance term N * sum_i f_i P_i (f: share of top-1 picks, P: mean router probability).
-    `cfg.routing = hard` routes top-1 with straight-through Gumbel instead.
+    `cfg.routing = hard` routes top-1 with straight-through Gumbel instead. A sample without text never reaches a
+    text expert.
     """
 
     def __init__(self, text_dim, tab_dim, cfg):
@@ -28,9 +29,9 @@ class TopKMoEFusion(Fusion):
         self.noise = nn.Linear(2 * d, self.n_experts)
         self.routing, self.temperature, self.balance_weight = cfg.routing, cfg.gumbel_temperature, cfg.load_balance_weight
 
-    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def gates(self, x: torch.Tensor, chunk_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Router input (B, 2F) -> (mixing gates, reported gates, router probabilities), each (B, N)."""
-        logits = self.router(x)
+        logits = bar_absent_text(self.router(x), chunk_mask, text_experts=self.n_experts // 2)
         if self.routing == "hard":
             mix, reported = route(logits, "hard", self.temperature, self.training)
             return mix, reported, reported
@@ -46,7 +47,7 @@ class TopKMoEFusion(Fusion):
         outs = torch.stack(
             [e(p_text) for e in self.experts[:half]] + [e(p_tab) for e in self.experts[half:]], dim=1
         )  # (B, N, F)
-        mix, reported, probs = self.gates(torch.cat([p_text, p_tab], dim=-1))
+        mix, reported, probs = self.gates(torch.cat([p_text, p_tab], dim=-1), chunk_mask)
         fused = (mix.unsqueeze(-1) * outs).sum(dim=1)  # (B, F)
         top1_share = F.one_hot(probs.argmax(-1), self.n_experts).to(probs.dtype).mean(0)  # (N,)
         balance = self.n_experts * (top1_share * probs.mean(0)).sum()
