@@ -79,7 +79,8 @@ def test_resolved_dict_rebuilds_the_config(tmp_path):
 def test_flatten_gives_dotted_keys():
     flat = flatten(resolved_dict(load_config(QUICKSTART)))
     assert flat["model.fusion"] == "moe"
-    assert flat["data.synthetic.n_samples"] == 3000
+    assert flat["data.synthetic.n_samples"] == 4000
+    assert flat["model.chunk_pooling"] == "attention" and flat["model.modality_dropout"] == 0.15
     assert flat["seed"] == 7
     assert not any(isinstance(v, dict) for v in flat.values())
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
@@ -218,7 +219,7 @@ def test_cli_config_prints_resolved_yaml(tmp_path):
     assert "fusion: gate" in proc.stdout
     resolved = yaml.safe_load(proc.stdout)
     assert resolved == resolved_dict(load_config(QUICKSTART, ["model.fusion=gate"]))
-    assert resolved["seed"] == 7 and resolved["trainer"]["max_epochs"] == 15
+    assert resolved["seed"] == 7 and resolved["trainer"]["max_epochs"] == 20
 
 
 def test_cli_fusions_lists_moe(tmp_path):
