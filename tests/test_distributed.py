@@ -28,7 +28,8 @@ FSDP = ["trainer.strategy=fsdp", "trainer.devices=2", "trainer.accelerator=cpu"]
 @pytest.fixture
 def job(tiny_overrides):
     # 203 samples: val and test splits of 31 rows, not a multiple of the world size
-    return [*tiny_overrides, "data.synthetic.n_samples=203", "trainer.max_epochs=2", "model.fusion=moe_topk"]
+    # attention pooling and modality dropout: the chunk pool is sharded too, the dropout draws run on every rank
+    return [*tiny_overrides, "data.synthetic.n_samples=203", "trainer.max_epochs=2", "model.fusion=moe_topk", "model.chunk_pooling=attention", "model.modality_dropout=0.1"]
 
 
 def test_fsdp_shards_parameters_trains_and_logs_one_run(mlflow_uri, job):
