@@ -173,6 +173,8 @@ def class_summary(frame: pd.DataFrame, by: str = "label") -> pd.DataFrame:
         "w_text_q90": g["w_text"].quantile(0.9),
         "share_leaning_text": g["leans_text"].mean(),
     })
+    if "faithful" in frame.columns:  # runs logged before the per-sample check have no such column
+        out["faithfulness"] = g["faithful"].mean()
     return out.reset_index()
 
 
@@ -193,8 +195,9 @@ def top_samples(frame: pd.DataFrame, rows: pd.DataFrame | None, pre: "TabularPre
     """The n samples with the highest w_text (modality='text') or w_tab ('tab')."""
     top = frame.sort_values("w_text" if modality == "text" else "w_tab", ascending=False, kind="stable").head(n)
     out = top[["id", "label", "pred", "w_text", "w_tab"]].copy()
-    if "true_modality" in top.columns:
-        out["true_modality"] = top["true_modality"]
+    for col in ("faithful", "true_modality"):
+        if col in top.columns:
+            out[col] = top[col]
     if rows is not None:
         found = rows.reindex(top["id"].astype(str))
         out["dialogue"] = [_snippet(t) if ok else "(id not in data)" for t, ok in zip(found[pre.text_column], found.index.isin(rows.index))]

@@ -55,8 +55,12 @@ def modality_drops(model, encoded: tuple, batch: dict, probs: torch.Tensor) -> t
     return p_true - p_no_text, p_true - p_no_tab
 
 
+def faithful_rows(w_text: torch.Tensor, drop_text: torch.Tensor, drop_tab: torch.Tensor) -> torch.Tensor:
+    """Per sample (bool): removing the modality the weight prefers (w_text >= 0.5: text) hurts more than removing the
+    other one. A tie is not faithful: the weight then points at a modality the prediction does not rest on more."""
+    return torch.where(w_text >= 0.5, drop_text > drop_tab, drop_tab > drop_text)
+
+
 def faithfulness(w_text: torch.Tensor, drop_text: torch.Tensor, drop_tab: torch.Tensor) -> float:
     """Share of samples where removing the modality the weights prefer hurts more than removing the other one."""
-    prefers_text = w_text >= 0.5
-    faithful = torch.where(prefers_text, drop_text > drop_tab, drop_tab > drop_text)
-    return faithful.float().mean().item()
+    return faithful_rows(w_text, drop_text, drop_tab).float().mean().item()

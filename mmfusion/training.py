@@ -30,6 +30,7 @@ from mmfusion.data.embedding_cache import attach_chunk_embeddings
 from mmfusion.encoders import load_text_backbone, load_tokenizer
 from mmfusion.hardware import resolve_precision
 from mmfusion.lit_module import FusionClassifierModule, check_class_weights
+from mmfusion.metrics import faithful_rows
 from mmfusion.errors import ConfigError
 from mmfusion.model import MultimodalClassifier, build_model
 from mmfusion.plots import router_weights_figure
@@ -62,7 +63,8 @@ class TrainResult:
 
 
 def predictions_frame(res: dict[str, torch.Tensor], data: PreparedData, split: str) -> pd.DataFrame:
-    """Evaluation outputs -> rows: id, label, pred, prob_<class>..., w_text, w_tab[, expert_i][, true_modality]."""
+    """Evaluation outputs -> rows: id, label, pred, prob_<class>..., w_text, w_tab[, expert_i], drop_text, drop_tab,
+    faithful[, true_modality]."""
     classes = data.preprocessor.classes
     idx = res["index"].numpy()
     probs = res["probs"].numpy()
@@ -73,6 +75,10 @@ def predictions_frame(res: dict[str, torch.Tensor], data: PreparedData, split: s
     if "experts" in res:
         for e in range(res["experts"].shape[1]):
             df[f"expert_{e}"] = res["experts"][:, e].numpy()
+    # the faithfulness check per sample: how much P(true class) falls without the text / the table, and whether the
+    # modality the weight prefers is the one whose removal hurts more
+    df["drop_text"], df["drop_tab"] = res["drop_text"].numpy(), res["drop_tab"].numpy()
+    df["faithful"] = faithful_rows(res["weights"][:, 0], res["drop_text"], res["drop_tab"]).numpy()
     if data.has_modality:
         df["true_modality"] = [MODALITY_NAMES.get(int(m), "unknown") for m in res["modality"].numpy()]
     return df

@@ -68,6 +68,10 @@ def test_report_tables(gate_run):
         assert per_class.loc[label, "accuracy"] == pytest.approx((g["label"] == g["pred"]).mean())
         assert per_class.loc[label, "w_text_mean"] == pytest.approx(g["w_text"].mean())
     assert set(report.per_modality["true_modality"]) <= {"text", "tab", "both"}
+    per_modality = report.per_modality.set_index("true_modality")
+    for modality, g in test.groupby("true_modality"):  # the per-sample faithfulness check, summarised per group
+        assert per_modality.loc[modality, "faithfulness"] == pytest.approx(g["faithful"].mean())
+    assert "faithful" in report.top_text.columns
     assert report.attribution_auroc == pytest.approx(mlflow.get_run(result.run_id).data.metrics["test_attribution_auroc"], abs=1e-6)
 
 

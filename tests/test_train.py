@@ -38,7 +38,8 @@ def test_train_logs_a_complete_run(mlflow_uri, tiny_overrides, tmp_path):
     assert {"config.yaml", "preprocessing.json", "environment.json", "predictions/test.csv", "plots/router_weights.png"} <= artifacts
 
     preds = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="predictions/test.csv", dst_path=str(tmp_path)))
-    assert list(preds.columns) == ["id", "label", "pred", "prob_escalate", "prob_resolved", "w_text", "w_tab", "true_modality"]
+    assert list(preds.columns) == ["id", "label", "pred", "prob_escalate", "prob_resolved", "w_text", "w_tab", "drop_text", "drop_tab", "faithful", "true_modality"]
+    assert preds["faithful"].mean() == pytest.approx(run.data.metrics["test_faithfulness"], abs=1e-6)  # the per-sample check adds up
     assert preds["id"].is_unique and len(preds) == len(result.data.splits["test"].ids)
     np.testing.assert_allclose(preds[["prob_escalate", "prob_resolved"]].sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(preds["w_text"] + preds["w_tab"], 1.0, atol=1e-5)
