@@ -47,7 +47,7 @@ def _model(cfg, data, fusion: str, **model_overrides):
     return build_model(mcfg, copy.deepcopy(_backbone(cfg.model.text_encoder)), pre.n_numeric_features, pre.cardinalities, len(pre.classes))
 
 
-@pytest.mark.parametrize("fusion", [*list_fusions(), "moe:hard", "moe:hard:attention"])
+@pytest.mark.parametrize("fusion", [*list_fusions(), "moe:hard", "moe_topk:hard", "moe:hard:attention"])
 def test_every_fusion_exports_with_parity(fusion, tiny_data, tmp_path):
     cfg, data, tokenizer = tiny_data
     name, routing, pooling = (fusion.split(":") + ["", ""])[:3]
