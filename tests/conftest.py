@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,22 +28,39 @@ def tiny_bert(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch) -> str:
+def use_mlflow_store(root: Path, mp: pytest.MonkeyPatch) -> str:
+    """Point MLflow at a new SQLite store in `root` (env, process-wide URI, working directory) and forget any active
+    run or experiment; `mp` undoes the environment and directory changes. -> the tracking URI."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mp.chdir(root)
     # MLflow's fluent API keeps process-wide state: a URI, active experiment or run left by an earlier test would
     # point into another test's store
     mlflow.set_tracking_uri(uri)
     while mlflow.active_run():
         mlflow.end_run()
     # forget the active experiment without touching the new store (tests check that errors create no database)
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it
+    mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it
     return uri
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A store of this test's own."""
+    return use_mlflow_store(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def mlflow_module_uri(tmp_path_factory, request) -> Iterator[str]:
+    """One store shared by a test module (creating a SQLite store costs seconds); the working directory is its
+    folder while the module runs."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    with pytest.MonkeyPatch.context() as mp:
+        yield use_mlflow_store(root, mp)
 
 
 @pytest.fixture

@@ -32,20 +32,8 @@ def log_run(client, exp, label, seed, acc, f1, *, fingerprint="fp0", tags=None, 
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One MLflow store for this module (creating a SQLite store costs seconds): MLFLOW_TRACKING_URI points at it."""
-    root = tmp_path_factory.mktemp("compare")
-    with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
-        mlflow.set_tracking_uri(uri)
-        yield uri
-
-
-@pytest.fixture(scope="module")
-def known_runs(store):
-    client = mlflow.MlflowClient(store)
+def known_runs(mlflow_module_uri):
+    client = mlflow.MlflowClient(mlflow_module_uri)
     exp = client.create_experiment("known")
     stale = log_run(client, exp, "gate", 2, 0.10, 0.1)  # an older run of gate at seed 2: the later one replaces it
     ids = [log_run(client, exp, label, seed, ACC[label][seed], F1[label][seed]) for label in ACC for seed in range(3)]
@@ -105,8 +93,8 @@ def test_holm_adjustment():
     assert np.isnan(adjusted["d"])
 
 
-def test_one_seed_has_no_interval_and_unpaired_data_is_not_paired(store):
-    client = mlflow.MlflowClient(store)
+def test_one_seed_has_no_interval_and_unpaired_data_is_not_paired(mlflow_module_uri):
+    client = mlflow.MlflowClient(mlflow_module_uri)
     exp = client.create_experiment("few")
     log_run(client, exp, "concat", 0, 0.8, 0.5)
     log_run(client, exp, "concat", 1, 0.9, 0.6)
@@ -146,8 +134,8 @@ def test_cli_bad_source_is_exit_2(known_runs, tmp_path, capsys, args, message):
     assert "error: " in err and message in err and "Traceback" not in err
 
 
-def test_study_trials_sharing_a_seed_are_all_kept_but_not_paired(store, tmp_path, capsys):
-    client = mlflow.MlflowClient(store)
+def test_study_trials_sharing_a_seed_are_all_kept_but_not_paired(mlflow_module_uri, tmp_path, capsys):
+    client = mlflow.MlflowClient(mlflow_module_uri)
     exp = client.create_experiment("study-exp")
     parent = client.create_run(exp, tags={"mmfusion.study": "s1"}).info.run_id  # the study's parent run
     for label, acc in (("concat", 0.7), ("concat", 0.8), ("gate", 0.6), ("gate", 0.9), ("gate", 0.75)):

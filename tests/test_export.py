@@ -8,6 +8,7 @@ import functools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import mmfusion.export
@@ -150,17 +151,11 @@ def test_log_onnx_fails_loudly_and_records_the_failed_parity(tiny_data, mlflow_u
 
 
 @pytest.fixture(scope="module")
-def onnx_run(tiny_bert, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("onnx_run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
-        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        mp.chdir(tmp)
-        overrides = [f"model.text_encoder={tiny_bert}", "data.synthetic.n_samples=100", "data.max_chunks=4", "data.chunk_len=24", "model.fusion_dim=16", "model.tab_hidden=16",
-                     "model.tab_dim=16", "trainer.max_epochs=1", "trainer.batch_size=16", "trainer.enable_progress_bar=false", "trainer.precision=32-true", "data.cache_dir=null",
-                     "model.fusion=moe_topk", "export.quantize=true"]
-        result = train(load_config(None, overrides))
-        yield result, tmp
+def onnx_run(tiny_bert, mlflow_module_uri):
+    overrides = [f"model.text_encoder={tiny_bert}", "data.synthetic.n_samples=100", "data.max_chunks=4", "data.chunk_len=24", "model.fusion_dim=16", "model.tab_hidden=16",
+                 "model.tab_dim=16", "trainer.max_epochs=1", "trainer.batch_size=16", "trainer.enable_progress_bar=false", "trainer.precision=32-true", "data.cache_dir=null",
+                 "model.fusion=moe_topk", "export.quantize=true"]
+    return train(load_config(None, overrides)), Path.cwd()  # the module store's folder
 
 
 def test_train_logs_onnx_with_parity(onnx_run, tmp_path):

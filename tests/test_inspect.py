@@ -21,18 +21,11 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "inspect_modal
 
 
 @pytest.fixture(scope="module")
-def gate_run(tiny_bert, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gate_run")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        mp.chdir(tmp)
-        overrides = [f"model.text_encoder={tiny_bert}", "data.synthetic.n_samples=100", "data.max_chunks=4", "data.chunk_len=24", "model.fusion_dim=16", "model.tab_hidden=16",
-                     "model.tab_dim=16", "trainer.max_epochs=2", "trainer.batch_size=16", "trainer.enable_progress_bar=false", "trainer.precision=32-true", "data.cache_dir=null",
-                     "model.fusion=gate", "tracking.log_model=false"]
-        result = train(load_config(None, overrides))
-        yield result, tmp, uri
+def gate_run(tiny_bert, mlflow_module_uri):
+    overrides = [f"model.text_encoder={tiny_bert}", "data.synthetic.n_samples=100", "data.max_chunks=4", "data.chunk_len=24", "model.fusion_dim=16", "model.tab_hidden=16",
+                 "model.tab_dim=16", "trainer.max_epochs=2", "trainer.batch_size=16", "trainer.enable_progress_bar=false", "trainer.precision=32-true", "data.cache_dir=null",
+                 "model.fusion=gate", "tracking.log_model=false"]
+    return train(load_config(None, overrides)), Path.cwd(), mlflow_module_uri  # cwd: the module store's folder
 
 
 def test_run_logs_the_weight_plots(gate_run):

@@ -22,17 +22,6 @@ from mmfusion.reproduce import check_environment, reproduce
 from mmfusion.tracking import git_sha, library_versions
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite MLflow store for the local tests (creating one costs seconds); each test logs to its own experiment."""
-    root = tmp_path_factory.mktemp("reproduce")
-    with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.chdir(root)
-        yield uri
-
-
 @pytest.fixture
 def cheap(tiny_overrides, request) -> list[str]:
     return [*tiny_overrides, "tracking.log_model=false", "export.onnx=false", f"tracking.experiment={request.node.name[:60]}"]
@@ -43,8 +32,8 @@ def run_ids(uri: str, experiment: str) -> list[str]:
     return mlflow.search_runs(experiment_names=[experiment[:60]])["run_id"].tolist()
 
 
-def test_reproduce_gives_identical_metrics_and_predictions(store, cheap, tmp_path, capsys, request):
-    mlflow_uri, name = store, request.node.name
+def test_reproduce_gives_identical_metrics_and_predictions(mlflow_module_uri, cheap, tmp_path, capsys, request):
+    mlflow_uri, name = mlflow_module_uri, request.node.name
     # hard routing samples Gumbel noise and the encoder trains with dropout: randomness that must replay exactly
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump({"seed": 3, "model": {"fusion": "moe", "router": "mlp", "routing": "hard"}, "trainer": {"max_epochs": 2}}))
@@ -69,8 +58,8 @@ def test_reproduce_gives_identical_metrics_and_predictions(store, cheap, tmp_pat
     assert report["original"] == original and report["max_metric_diff"] == 0.0 and report["predictions"]["max_abs_diff"] == 0.0
 
 
-def test_changed_data_is_a_clear_error_unless_allowed(store, cheap, tmp_path, capsys, request):
-    mlflow_uri, name = store, request.node.name
+def test_changed_data_is_a_clear_error_unless_allowed(mlflow_module_uri, cheap, tmp_path, capsys, request):
+    mlflow_uri, name = mlflow_module_uri, request.node.name
     table = synthetic.make_synthetic(synthetic.SyntheticSpec(n_samples=120), seed=0)
     path = tmp_path / "data.csv"
     table.to_csv(path, index=False)
@@ -93,8 +82,8 @@ def test_changed_data_is_a_clear_error_unless_allowed(store, cheap, tmp_path, ca
     assert len(new) == 1 and new["tags.mmfusion.data_fingerprint"].iloc[0] != mlflow.get_run(original).data.tags["mmfusion.data_fingerprint"]
 
 
-def test_code_and_library_differences_are_warnings(store):
-    client = mlflow.MlflowClient(store)
+def test_code_and_library_differences_are_warnings(mlflow_module_uri):
+    client = mlflow.MlflowClient(mlflow_module_uri)
     run = client.create_run(client.create_experiment("e"), tags={"mmfusion.git_sha": "0123abc"})
     client.log_dict(run.info.run_id, {**library_versions(), "torch": "0.0.1", "gone-lib": "1.0"}, "environment.json")
     warnings = check_environment(client, client.get_run(run.info.run_id))
@@ -104,7 +93,7 @@ def test_code_and_library_differences_are_warnings(store):
     assert "numpy" not in libs  # unchanged libraries are not listed
 
 
-def test_unknown_run_is_exit_2(store, capsys):
+def test_unknown_run_is_exit_2(mlflow_module_uri, capsys):
     assert main(["reproduce", "--run-id", "0123456789abcdef0123456789abcdef"]) == 2
     assert "no run '0123456789abcdef0123456789abcdef'" in capsys.readouterr().err
 
