@@ -11,9 +11,10 @@ import importlib
 import logging
 import pkgutil
 import sys
+import traceback
 
 from mmfusion import commands
-from mmfusion.errors import UserError
+from mmfusion.errors import Interrupted, UserError
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,10 +25,11 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mmfusion", description="Multimodal (text + tabular) fusion zoo")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = ap.add_subparsers(dest="command", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"mmfusion.commands.{info.name}")
-        p = sub.add_parser(info.name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(info.name, help=module.HELP.replace("%", "%%"), description=module.HELP)  # argparse %-formats help
         module.add_arguments(p)
         p.set_defaults(handler=module.main)
     return ap
@@ -40,5 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM turned into `Interrupted` by the job that owns a run
+        interrupted = err if isinstance(err, Interrupted) else Interrupted()
+        print(f"error: interrupted by {interrupted} (runs in progress were marked KILLED)", file=sys.stderr)
+        return interrupted.exit_code
+    except Exception as err:  # a bug, or an input class we do not know yet: one line, the traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: unexpected {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines)[:2000] or type(err).__name__
