@@ -1,4 +1,5 @@
-"""Lightning callbacks of our own: per-rank memory accounting, epoch checkpoints written atomically, the heartbeat."""
+"""Lightning callbacks of our own: per-rank memory accounting, epoch checkpoints written atomically, the batch
+sampler's epoch (for exact resumes), the heartbeat."""
 
 from __future__ import annotations
 
@@ -126,6 +127,20 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+class SamplerEpoch(L.Callback):
+    """Sets the epoch of the training batch sampler too, at each epoch's start.
+
+    Lightning calls `set_epoch` on a loader's sampler and on its batch sampler's inner sampler, not on the batch
+    sampler itself; `LengthBucketBatchSampler` otherwise counts its passes from 0 in every process, so a resumed job
+    would shuffle its batches as in epoch 0 (measured: different val_loss from the first resumed epoch on).
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batches = getattr(trainer.train_dataloader, "batch_sampler", None)
+        if callable(getattr(batches, "set_epoch", None)):
+            batches.set_epoch(trainer.current_epoch)
 
 
 class Heartbeat(L.Callback):

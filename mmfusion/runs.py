@@ -40,15 +40,12 @@ def ensure_same_config(logged: Config, given: Config) -> Config:
 
 
 def owner_gone(run, older_than: float | None = None, now: float | None = None) -> str | None:
-    """Why a RUNNING run has no live owner, or None: its recorded pid is dead on this host, or (any host, when
-    `older_than` seconds is given) its last heartbeat, else its start, is older than that."""
+    """Why a RUNNING run has no live owner, or None: its recorded pid is dead on this host, or (runs of other hosts
+    or without a pid, when `older_than` seconds is given) its last heartbeat, else its start, is older than that."""
     tags = run.data.tags
     if tags.get(HOST_TAG) == socket.gethostname() and tags.get(PID_TAG, "").isdigit():
         pid = int(tags[PID_TAG])
-        if not _alive(pid):
-            return f"process {pid} on {tags[HOST_TAG]} is gone"
-        if older_than is None:
-            return None
+        return None if _alive(pid) else f"process {pid} on {tags[HOST_TAG]} is gone"  # on this host we know
     if older_than is not None:
         last = float(tags[HEARTBEAT_TAG]) if tags.get(HEARTBEAT_TAG, "").isdigit() else run.info.start_time / 1000.0
         age = (now or time.time()) - last

@@ -22,7 +22,7 @@ from mlflow.models import infer_signature
 
 from mmfusion import distributed, signals
 from mmfusion.bundle import save_bundle
-from mmfusion.callbacks import Heartbeat, LastCheckpoint, MemoryReport, resumable_checkpoint
+from mmfusion.callbacks import Heartbeat, LastCheckpoint, MemoryReport, SamplerEpoch, resumable_checkpoint
 from mmfusion.config import Config
 from mmfusion.data import synthetic
 from mmfusion.data.datamodule import MultimodalDataModule, PreparedData, prepare_data
@@ -192,7 +192,7 @@ def _fit(cfg: Config, data: PreparedData, tokenizer, run_id: str, callbacks: lis
     logger = RunMetricsLogger(experiment_name=cfg.tracking.experiment, run_id=run_id, tracking_uri=tracking_uri(cfg)) if rank0 else False
     memory = MemoryReport()
     checkpoints = [LastCheckpoint(job_dir / "checkpoints", cfg.trainer.checkpoint_every_n_steps)] if cfg.trainer.checkpoints else []
-    trainer = _trainer(cfg, logger, job_dir, [*callbacks, memory, Heartbeat(run_id), *checkpoints])
+    trainer = _trainer(cfg, logger, job_dir, [*callbacks, memory, SamplerEpoch(), Heartbeat(run_id), *checkpoints])
     ckpt = None
     if resume:
         ckpt = resumable_checkpoint(job_dir / "checkpoints")
