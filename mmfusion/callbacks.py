@@ -1,11 +1,19 @@
-"""Lightning callbacks of our own: per-rank memory accounting."""
+"""Lightning callbacks of our own: per-rank memory accounting, epoch checkpoints written atomically, the batch
+sampler's epoch (for exact resumes), the heartbeat."""
 
 from __future__ import annotations
 
+import os
 import resource
+import shutil
+from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+LAST = "last.ckpt"
+SHARDED_META = "meta.pt"  # what makes a folder a complete sharded checkpoint (Lightning writes it on rank 0)
 
 
 def _local_bytes(tensors) -> int:
@@ -44,3 +52,105 @@ class MemoryReport(L.Callback):
         for rank, (p, g, s, peak_rss) in enumerate(gathered.tolist()):
             self.report.update({f"rank{rank}_param_mb": p / mb, f"rank{rank}_grad_mb": g / mb, f"rank{rank}_optim_state_mb": s / mb,
                                 f"rank{rank}_train_state_mb": (p + g + s) / mb, f"rank{rank}_peak_rss_mb": peak_rss / mb})
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` after every epoch (and every `every_n_train_steps` optimizer steps), replaced atomically.
+
+    Lightning 2.6's `ModelCheckpoint(save_top_k=0, save_last=True)` writes `last.ckpt` only when training ends (its
+    save-last step follows a top-k save), so the epoch-end save here takes the top-k slot: after validation, where
+    Lightning's own resume logic expects an epoch checkpoint. Each save goes to `last.ckpt.tmp` in the same folder and
+    then takes the place of `last.ckpt` by renames, so a kill during a write leaves the previous checkpoint whole.
+    """
+
+    def __init__(self, dirpath: Path, every_n_train_steps: int | None = None) -> None:
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=False, every_n_epochs=1, enable_version_counter=False)
+        self.every_n_steps = every_n_train_steps or 0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if not self.every_n_steps or trainer.global_step % self.every_n_steps:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # the epoch-end save follows validation
+            return
+        if not self._should_skip_saving_checkpoint(trainer):
+            self.write_last(trainer)
+
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        self.write_last(trainer)  # called by ModelCheckpoint at each epoch's end
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._last_global_step_saved != trainer.global_step:  # e.g. max_steps stopped inside an epoch
+            self.write_last(trainer)
+
+    def write_last(self, trainer: L.Trainer) -> None:
+        """Collective under FSDP (every rank writes its shard); rank 0 then swaps the new checkpoint in."""
+        final = Path(self.dirpath) / LAST
+        tmp = final.with_name(LAST + ".tmp")
+        if trainer.is_global_zero:
+            _remove(tmp)  # what a killed write left behind
+        trainer.strategy.barrier("LastCheckpoint.clear")
+        self.last_model_path = str(final)
+        self._save_checkpoint(trainer, str(tmp))
+        if trainer.is_global_zero:
+            replace_checkpoint(tmp, final)
+        trainer.strategy.barrier("LastCheckpoint.swap")
+        self._last_checkpoint_saved = str(final)
+
+
+def replace_checkpoint(new: Path, final: Path) -> None:
+    """Put the complete checkpoint `new` in place of `final` so that some complete checkpoint exists at every instant.
+
+    A file: one `os.replace`. A sharded checkpoint is a folder, which no single rename replaces: the current one is
+    moved to `<final>.old` first and removed after; `resumable_checkpoint` takes `.old` if a kill fell in between.
+    """
+    if new.is_file():
+        os.replace(new, final)
+        return
+    old = final.with_name(final.name + ".old")
+    if final.exists():  # else `old` may be the only complete checkpoint (a kill between two renames): keep it
+        _remove(old)
+        os.replace(final, old)
+    os.replace(new, final)
+    _remove(old)
+
+
+def resumable_checkpoint(dirpath: Path) -> Path | None:
+    """The complete `last.ckpt` (file, or sharded folder with its metadata) in `dirpath`, else its `.old`, else None."""
+    for path in (dirpath / LAST, dirpath / (LAST + ".old")):
+        if path.is_file() or (path / SHARDED_META).is_file():
+            return path
+    return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class SamplerEpoch(L.Callback):
+    """Sets the epoch of the training batch sampler too, at each epoch's start.
+
+    Lightning calls `set_epoch` on a loader's sampler and on its batch sampler's inner sampler, not on the batch
+    sampler itself; `LengthBucketBatchSampler` otherwise counts its passes from 0 in every process, so a resumed job
+    would shuffle its batches as in epoch 0 (measured: different val_loss from the first resumed epoch on).
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        batches = getattr(trainer.train_dataloader, "batch_sampler", None)
+        if callable(getattr(batches, "set_epoch", None)):
+            batches.set_epoch(trainer.current_epoch)
+
+
+class Heartbeat(L.Callback):
+    """Rank 0 stamps the run's heartbeat tag at each epoch's end (`runs --stale` compares it with a threshold)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            from mmfusion.tracking import beat
+
+            beat(self.run_id)

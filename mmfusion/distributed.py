@@ -3,7 +3,9 @@
 Lightning can spawn its own workers, but if one dies its observer SIGKILLs the main process, which then cannot mark
 the run FAILED. So `train` with several devices on one node runs as a supervisor: it creates the run, starts one
 worker per device (`python -m mmfusion.distributed`, with LOCAL_RANK/MASTER_* set, exactly as torchrun would), and
-watches them; if any dies, it stops the others and the run ends FAILED with the rank and exit code. Multi-node jobs
+watches them; if any dies, it stops the others and the run ends FAILED with the rank and exit code. SIGINT or SIGTERM
+to the supervisor is forwarded to the workers as SIGINT (Lightning's graceful stop), they get a few seconds to exit,
+and the run ends KILLED. Multi-node jobs
 are started by torchrun or the cluster's launcher instead (see README); rank 0 owns the run there.
 """
 
@@ -74,8 +76,19 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-def run_workers(cfg: Config, run_id: str, job_dir: Path, poll_seconds: float = 0.5) -> dict:
-    """Start one worker per device, wait for all; any failure stops the rest and raises WorkerFailed.
+def _stop(procs: list[subprocess.Popen], grace_seconds: float) -> None:
+    """SIGINT to the live workers, then wait up to `grace_seconds` for them to exit (the caller kills the rest)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    end = time.monotonic() + grace_seconds
+    while time.monotonic() < end and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+
+
+def run_workers(cfg: Config, run_id: str, job_dir: Path, poll_seconds: float = 0.5, grace_seconds: float = 10.0) -> dict:
+    """Start one worker per device, wait for all; any failure stops the rest and raises WorkerFailed. An interrupt
+    (`Interrupted`, KeyboardInterrupt) is passed on to the workers, who get `grace_seconds` to stop, then re-raised.
 
     -> the result rank 0 wrote to `job_dir/result.json`.
     """
@@ -99,6 +112,9 @@ def run_workers(cfg: Config, run_id: str, job_dir: Path, poll_seconds: float = 0
             if all(c == 0 for c in codes):
                 break
             time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        _stop(procs, grace_seconds)
+        raise
     finally:
         for p in procs:
             if p.poll() is None:
@@ -112,7 +128,10 @@ def main() -> int:
     from mmfusion.config import load_config
     from mmfusion.training import train
 
-    train(load_config(os.environ[CONFIG_ENV]))
+    try:
+        train(load_config(os.environ[CONFIG_ENV]))
+    except KeyboardInterrupt as err:  # stopped by the supervisor: it reports the interrupt, once
+        return getattr(err, "exit_code", 130)
     return 0
 
 

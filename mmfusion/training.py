@@ -6,8 +6,9 @@ import contextlib
 import json
 import logging
 import os
-import warnings
+import signal
 import tempfile
+import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,12 @@ import lightning as L
 import mlflow
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.models import infer_signature
 
-from mmfusion import distributed
+from mmfusion import distributed, signals
 from mmfusion.bundle import save_bundle
-from mmfusion.callbacks import MemoryReport
+from mmfusion.callbacks import Heartbeat, LastCheckpoint, MemoryReport, SamplerEpoch, resumable_checkpoint
 from mmfusion.config import Config
 from mmfusion.data import synthetic
 from mmfusion.data.datamodule import MultimodalDataModule, PreparedData, prepare_data
@@ -36,6 +36,7 @@ from mmfusion.model import MultimodalClassifier, build_model
 from mmfusion.plots import router_weights_figure
 from mmfusion.export import log_onnx
 from mmfusion.inspection import log_weight_plots
+from mmfusion.runs import check_resumable
 from mmfusion.tracking import git_sha, log_config, mlflow_run, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,22 @@ def train(
     `callbacks` join the Lightning trainer (e.g. Optuna pruning); `parent_run_id` nests the run (studies, zoo runs);
     `resume_run_id` continues that run from its last checkpoint. With several devices on one node this process
     supervises one worker per device (`mmfusion.distributed`); in a worker, only rank 0 writes to MLflow.
+    SIGINT and SIGTERM stop the job as `Interrupted` and its run ends KILLED (a worker of our supervisor takes SIGINT
+    only: Lightning's SIGTERM handler runs a collective, and the supervisor forwards SIGINT).
     """
+    worker = distributed.launched_externally() and distributed.RUN_ID_ENV in os.environ
+    with signals.stop_on_signals((signal.SIGINT,) if worker else (signal.SIGINT, signal.SIGTERM)):
+        return _train(cfg, list(callbacks), parent_run_id, extra_tags, resume_run_id, worker)
+
+
+def _train(cfg: Config, callbacks: list[L.Callback], parent_run_id: str | None, extra_tags: dict[str, str] | None, resume_run_id: str | None, worker: bool) -> TrainResult:
+    if resume_run_id is not None and not worker:  # before anything is reopened: a failed check changes no run
+        check_resumable(resume_run_id, tracking_uri(cfg), Path(cfg.trainer.output_dir).resolve() / resume_run_id / "checkpoints")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
     data = prepare_data(cfg.data, cfg.seed, tokenizer)
     check_class_weights(cfg.optim, len(data.preprocessor.classes))
-    if distributed.launched_externally() and distributed.RUN_ID_ENV in os.environ:  # a worker of our supervisor
+    if worker:  # a worker of our supervisor
         if os.environ.get("MMFUSION_OPTUNA_TRIAL"):  # a study's trial: every rank adds its pruning callback
             from mmfusion.tuning import worker_callbacks
 
@@ -180,13 +191,13 @@ def _fit(cfg: Config, data: PreparedData, tokenizer, run_id: str, callbacks: lis
     rank0 = distributed.global_rank() == 0
     logger = RunMetricsLogger(experiment_name=cfg.tracking.experiment, run_id=run_id, tracking_uri=tracking_uri(cfg)) if rank0 else False
     memory = MemoryReport()
-    checkpoints = ModelCheckpoint(dirpath=job_dir / "checkpoints", save_top_k=0, save_last=True, every_n_epochs=1)
-    trainer = _trainer(cfg, logger, job_dir, [*callbacks, memory, checkpoints] if cfg.trainer.checkpoints else [*callbacks, memory])
+    checkpoints = [LastCheckpoint(job_dir / "checkpoints", cfg.trainer.checkpoint_every_n_steps)] if cfg.trainer.checkpoints else []
+    trainer = _trainer(cfg, logger, job_dir, [*callbacks, memory, SamplerEpoch(), Heartbeat(run_id), *checkpoints])
     ckpt = None
     if resume:
-        ckpt = job_dir / "checkpoints" / "last.ckpt"
-        if not ckpt.exists():
-            raise ConfigError(f"cannot resume run {run_id}: no checkpoint at {ckpt}")
+        ckpt = resumable_checkpoint(job_dir / "checkpoints")
+        if ckpt is None:
+            raise ConfigError(f"cannot resume run {run_id}: no complete checkpoint in {job_dir / 'checkpoints'}")
     with _attached(run_id, rank0 and distributed.RUN_ID_ENV in os.environ):
         started = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)

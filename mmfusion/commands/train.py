@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mmfusion.cli import add_config_arguments
 
-HELP = "train one model and log it to MLflow (or --resume a killed job)"
+HELP = "train one model and log it to MLflow (or --resume a killed, failed or stale job)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,9 +27,11 @@ def resume_target(target: str) -> tuple[str, str | None]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from mmfusion import signals
     from mmfusion.config import load_config
     from mmfusion.hardware import describe
 
+    signals.reset()  # one job per process: a signal recorded now stopped this job
     cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
     run_id = None
     if args.resume:
