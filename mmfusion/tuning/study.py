@@ -115,10 +115,13 @@ def _parent_id(study: optuna.Study, created: bool, client: MlflowClient) -> str 
 
 
 class _NoTraceback(logging.Filter):
-    """Optuna logs a failed trial with its traceback; for a stop or for bad input its one-line message says it all."""
+    """Optuna logs a failed trial with its traceback: keep its one-line message (the reason is also the trial run's
+    `mmfusion.error` tag); the traceback of an unexpected error goes to this module's DEBUG log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, UserError)):
+        if record.exc_info:
+            if not isinstance(record.exc_info[1], (KeyboardInterrupt, UserError)):
+                log.debug("the failed trial's traceback", exc_info=record.exc_info)
             record.exc_info, record.exc_text = None, None
         return True
 
