@@ -302,6 +302,7 @@ class StudyConfig(Strict):
     heartbeat_interval: int = Field(5, ge=1)  # seconds; a trial silent for grace_period (its worker died) is failed ...
     grace_period: int | None = Field(None, ge=1)  # ... and retried; null: 4 x heartbeat_interval
     max_retry: int = Field(2, ge=0)  # retries of a trial whose worker died
+    max_failed_trials: int = Field(3, ge=1)  # this many failed trials in a row (one worker) end the study with an error
 
     @model_validator(mode="after")
     def _check(self) -> "StudyConfig":

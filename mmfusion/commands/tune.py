@@ -30,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.INFO)
     sc = cfg.study
     print(f"mmfusion tune: study {sc.study_name!r} in {safe_url(sc.storage or DEFAULT_STORAGE)}, {sc.direction} {sc.metric}, "
-          f"n_trials={sc.n_trials} timeout={sc.timeout} | {describe()}", flush=True)
+          f"n_trials={sc.n_trials} timeout={sc.timeout} max_failed_trials={sc.max_failed_trials} | {describe()}", flush=True)
     res = run_study(cfg)
     study = res.study
     states = {s.name: n for s in optuna.trial.TrialState if (n := len(study.get_trials(deepcopy=False, states=(s,))))}
