@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mmfusion.artifacts import check_run_id
 from mmfusion.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -50,24 +51,37 @@ def find_runs(*, experiment: str | None = None, parent: str | None = None, study
             raise UserError(f"no MLflow experiment {experiment!r} at {mlflow.get_tracking_uri()}; experiments: {', '.join(names) or 'none'}")
         df = mlflow.search_runs(experiment_names=[experiment])
     elif parent is not None:
-        df = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+        df = _children(check_run_id(parent, "--parent"))
         if df.empty:
             raise UserError(f"run {parent!r} has no child runs at {mlflow.get_tracking_uri()}")
     elif study is not None:
-        df = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{STUDY_TAG}` = '{study}'")
+        # the study name never enters a filter string: every run with the tag, then an exact match here
+        df = _search(f"tags.`{STUDY_TAG}` LIKE '%'")
+        df = df[df[f"tags.{STUDY_TAG}"] == study] if not df.empty else df
         parents = df[~_has(df, FUSION_TAG)]["run_id"].tolist() if not df.empty else []
         if parents:  # the study's parent run(s): compare their trials
-            children = [mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{p}'") for p in parents]
-            df = pd.concat([df[_has(df, FUSION_TAG)], *children]).drop_duplicates("run_id")
+            df = pd.concat([df[_has(df, FUSION_TAG)], *[_children(p) for p in parents]]).drop_duplicates("run_id")
         if df.empty:
             raise UserError(f"no runs tagged {STUDY_TAG}={study!r} at {mlflow.get_tracking_uri()}")
     else:
-        ids = ", ".join(f"'{r}'" for r in run_ids)
-        df = mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.run_id IN ({ids})")
+        ids = ", ".join(f"'{check_run_id(r, '--runs')}'" for r in run_ids)  # validated: no quote can reach the filter
+        df = _search(f"attributes.run_id IN ({ids})")
         missing = sorted(set(run_ids) - set(df["run_id"] if not df.empty else []))
         if missing:
             raise UserError(f"no such run(s) at {mlflow.get_tracking_uri()}: {', '.join(missing)}")
     return df[_has(df, FUSION_TAG)].reset_index(drop=True) if not df.empty else df
+
+
+def _search(filter_string: str) -> pd.DataFrame:
+    """search_runs over every experiment; the filter is built from validated ids and constants only."""
+    try:
+        return mlflow.search_runs(search_all_experiments=True, filter_string=filter_string)
+    except mlflow.exceptions.MlflowException as err:
+        raise UserError(f"cannot search the runs at {mlflow.get_tracking_uri()} ({str(err).splitlines()[0][:300]})") from None
+
+
+def _children(parent: str) -> pd.DataFrame:
+    return _search(f"tags.mlflow.parentRunId = '{parent}'")
 
 
 def _has(df: pd.DataFrame, tag: str) -> pd.Series:

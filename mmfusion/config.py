@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,7 +21,24 @@ DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an `inf` or `nan` (YAML .inf, or the string "inf") is never a valid number here
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+SEED_MAX = 2**32  # numpy's and Lightning's seeds are 32-bit unsigned
+Seed = Annotated[int, Field(ge=0, lt=SEED_MAX)]
+PositiveFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _folder(value: str | None) -> str | None:
+    """A config value naming a folder to write into: a file in its place is an error now, not mid-job."""
+    from mmfusion.paths import dir_problem
+
+    problem = dir_problem(value, writable=False) if value else None
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 class SyntheticConfig(Strict):
@@ -43,14 +61,19 @@ class DataConfig(Strict):
     label_column: str = "label"
     id_column: str | None = None
     max_chunks: int = Field(8, ge=1)
-    chunk_len: int = Field(64, ge=8, le=512)
+    chunk_len: int = Field(64, ge=8, le=512)  # also at most the text encoder's positions (checked when it loads)
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     num_workers: int = Field(0, ge=0)
     bucket_by_length: bool = True  # train batches of similar-length dialogues (less padding to encode)
-    split_seed: int | None = None  # seed of the synthetic data and the train/val/test split; null: the run's `seed`
+    split_seed: Seed | None = None  # seed of the synthetic data and the train/val/test split; null: the run's `seed`
     cache_dir: str | None = ".mmfusion_cache"  # chunk embeddings of a frozen encoder; null disables
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_folder(cls, value: str | None) -> str | None:
+        return _folder(value)
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -105,7 +128,7 @@ class OptimConfig(Strict):
     weight_decay: float = Field(0.01, ge=0.0)
     schedule: Literal["linear", "constant"] = "linear"
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    class_weights: list[float] | None = None
+    class_weights: list[PositiveFloat] | None = None  # one per class (sorted class names), each finite and > 0
 
 
 class TrainerConfig(Strict):
@@ -118,7 +141,7 @@ class TrainerConfig(Strict):
     devices: int | Literal["auto"] = 1
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     num_nodes: int = Field(1, ge=1)
-    gradient_clip_val: float | None = 1.0
+    gradient_clip_val: float | None = Field(1.0, gt=0.0)
     deterministic: bool = True
     log_every_n_steps: int = Field(10, ge=1)
     enable_progress_bar: bool = True
@@ -127,12 +150,31 @@ class TrainerConfig(Strict):
     checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also every N optimizer steps (resume replays that epoch's data order from its start)
     compile: bool = False  # torch.compile the text encoder; measured slower on CPU after a 2-3 min compile (results/bench.md)
 
+    @field_validator("output_dir")
+    @classmethod
+    def _output_folder(cls, value: str) -> str:
+        return _folder(value)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be a number of devices (at least 1) or 'auto'")
+        return value
+
 
 class TrackingConfig(Strict):
-    experiment: str = "mmfusion"
+    experiment: str = Field("mmfusion", min_length=1)
     uri: str | None = None  # MLFLOW_TRACKING_URI wins when set; default sqlite:///mlflow.db
     run_name: str | None = None
     log_model: bool = True
+
+    @field_validator("experiment", "run_name")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and (_CONTROL.search(value) or not value.strip()):
+            raise ValueError("must be non-empty, without control characters (newlines, tabs, ...)")
+        return value
 
 
 class ExportConfig(Strict):
@@ -198,7 +240,7 @@ class ZooConfig(Strict):
     """`python -m mmfusion zoo`: every variant x every seed on the same data, split, encoders and budget."""
 
     variants: list[ZooVariant] = Field(default_factory=list)  # a name or a mapping; empty: every registered fusion
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # model/training seeds; paired by seed
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # model/training seeds; paired by seed
     vary_data: bool = False  # true: each seed also draws its own data and split (still the same for every variant)
     metrics: list[str] = Field(default_factory=lambda: list(ZOO_METRICS), min_length=1)
     baseline: str | None = "concat"  # the label that paired tests compare against; null: no tests
@@ -326,7 +368,7 @@ class StudyConfig(Strict):
 
 
 class Config(Strict):
-    seed: int = 42
+    seed: Seed = 42
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

@@ -209,30 +209,38 @@ def build_report(run_id: str, top: int = 10) -> Report:
     """Read a run back from the active MLflow tracking store and assemble its report."""
     import mlflow
     import yaml
-    from mlflow.exceptions import MlflowException
 
+    from mmfusion.artifacts import get_run, reading
     from mmfusion.config import build_config
     from mmfusion.data.tabular import TabularPreprocessor
     from mmfusion import plots
 
     client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise DataError(f"run {run_id!r} not found in the tracking store {mlflow.get_tracking_uri()}") from None
+    run = get_run(run_id, client)
+    where = f"run {run_id}"
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            pred_dir = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions", dst_path=tmp))
-            cfg_text = (Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp))).read_text()
-            pre = TabularPreprocessor.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="preprocessing.json", dst_path=tmp))
-        except (MlflowException, OSError) as err:
-            raise DataError(f"run {run_id}: missing artifact (predictions/, config.yaml or preprocessing.json): {str(err).splitlines()[0]}") from None
-        frames = {p.stem: pd.read_csv(p, dtype={"id": str, "label": str, "pred": str}) for p in sorted(pred_dir.glob("*.csv"))}
+        download = lambda path: Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp))  # noqa: E731
+        with reading(where, "predictions/"):
+            pred_dir = download("predictions")
+        with reading(where, "config.yaml"):
+            raw_cfg = yaml.safe_load(download("config.yaml").read_text())
+            if not isinstance(raw_cfg, dict):
+                raise ValueError(f"a mapping was expected, got {type(raw_cfg).__name__}")
+        with reading(where, "preprocessing.json"):
+            pre_file = download("preprocessing.json")
+        pre = TabularPreprocessor.load(pre_file, where)
+        frames = {}
+        for p in sorted(pred_dir.glob("*.csv")):
+            with reading(where, f"predictions/{p.name}"):
+                frames[p.stem] = pd.read_csv(p, dtype={"id": str, "label": str, "pred": str})
+                missing = [c for c in ("id", "label", "pred", "w_text", "w_tab") if c not in frames[p.stem].columns]
+                if missing:
+                    raise ValueError(f"no column(s) {', '.join(missing)}")
         png = {}
-        if any(a.path == "plots" for a in client.list_artifacts(run_id)):
-            plot_dir = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="plots", dst_path=tmp))
-            png = {p.stem: p.read_bytes() for p in sorted(plot_dir.glob("*.png"))}
-    cfg = build_config(yaml.safe_load(cfg_text), f"run {run_id} config.yaml")
+        with reading(where, "plots/"):
+            if any(a.path == "plots" for a in client.list_artifacts(run_id)):
+                png = {p.stem: p.read_bytes() for p in sorted(download("plots").glob("*.png"))}
+    cfg = build_config(raw_cfg, f"run {run_id} config.yaml")
     split = "test" if len(frames.get("test", [])) else "val"
     if split not in frames:
         raise DataError(f"run {run_id}: no predictions/test.csv or predictions/val.csv")

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from mmfusion.config import Config
-from mmfusion.errors import DataError, UserError
+from mmfusion.artifacts import get_run
+from mmfusion.errors import DataError
 from mmfusion.runs import config_of_run
 from mmfusion.tracking import git_sha, library_versions
 
@@ -140,10 +141,7 @@ def reproduce(run_id: str, *, allow_data_change: bool = False, tracking_uri: str
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     client = mlflow.MlflowClient(uri)
-    try:
-        run = client.get_run(run_id)
-    except Exception as err:
-        raise UserError(f"no run {run_id!r} at {uri} ({str(err).splitlines()[0]})") from None
+    run = get_run(run_id, client)
     cfg = recorded_config(client, run_id)
     warnings = check_environment(client, run) + check_data(cfg, run, allow_data_change)
     for w in warnings:

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.models import infer_signature
 
 from mmfusion import distributed, signals
-from mmfusion.bundle import save_bundle
+from mmfusion.bundle import log_bundle_manifest, save_bundle
 from mmfusion.callbacks import Heartbeat, LastCheckpoint, MemoryReport, SamplerEpoch, resumable_checkpoint
 from mmfusion.config import Config
 from mmfusion.data import synthetic
@@ -293,3 +293,4 @@ def _log_outputs(cfg: Config, frames: dict[str, pd.DataFrame], module: FusionCla
                 signature=infer_signature(data.splits["test"].frame.head(5)[_input_columns(data)], frames["test"].head(5)[_output_columns(frames["test"])]),
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "transformers", "safetensors", "pandas", "pyyaml", "pydantic", "lightning", "torchmetrics", "scikit-learn"],
             )
+            log_bundle_manifest(bundle)  # the files' sha256 in the run itself; the CLI checks them on every load

@@ -27,6 +27,10 @@ def main(args: argparse.Namespace) -> int:
     from mmfusion.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if args.json and args.json != "-":
+        from mmfusion.paths import check_output_file
+
+        check_output_file(args.json, "--json")
     from mmfusion.bench import BenchSettings, format_report, run_bench
 
     settings = BenchSettings(args.train_samples, args.eval_samples, args.latency_samples, args.epochs, not args.no_onnx, args.compile, args.profile)

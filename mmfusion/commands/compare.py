@@ -41,8 +41,10 @@ def main(args: argparse.Namespace) -> int:
     import mlflow
 
     from mmfusion import comparison
+    from mmfusion.paths import check_output_dir
     from mmfusion.tracking import DEFAULT_URI
 
+    check_output_dir(args.out, "--out")
     mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     metrics, baseline = _zoo_settings(args.parent) if args.parent else (None, None)

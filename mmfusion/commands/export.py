@@ -15,38 +15,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import math
     import os
     import tempfile
 
-    import mlflow
-
-    from mmfusion.commands.predict import download_bundle
+    from mmfusion.artifacts import get_run
+    from mmfusion.errors import UserError
     from mmfusion.runs import config_of_run
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if args.tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    cfg = config_of_run(args.run_id)
-    from mmfusion.bundle import Predictor
-    from mmfusion.data.datamodule import prepare_data
-    from mmfusion.export import log_onnx
+    if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        raise UserError(f"--tolerance must be a finite number > 0, got {args.tolerance:g}")
+    import mlflow
 
-    run = mlflow.MlflowClient().get_run(args.run_id)
+    from mmfusion.tracking import DEFAULT_URI
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    run = get_run(args.run_id)
+    cfg = config_of_run(args.run_id)
+    from mmfusion.bundle import load_predictor
+    from mmfusion.data.datamodule import prepare_data
+    from mmfusion.export import ParityError, log_onnx
+
     with tempfile.TemporaryDirectory() as tmp:
-        predictor = Predictor(download_bundle(args.run_id, tmp))
+        predictor = load_predictor(args.run_id, tmp)
         seed = cfg.data.split_seed if getattr(cfg.data, "split_seed", None) is not None else cfg.seed
         data = prepare_data(cfg.data, seed, predictor.tokenizer)  # held-out batches for the parity check
         if data.fingerprint != run.data.tags.get("mmfusion.data_fingerprint"):
             print("warning: the data changed since the run was trained; parity is checked on today's held-out rows")
-        status = run.info.status
-        mlflow.start_run(run_id=args.run_id)  # resume, and give the run back with the status it had
-        try:
-            report = log_onnx(cfg, predictor.model, data, predictor.tokenizer, quantize=args.quantize or cfg.export.quantize, tolerance=args.tolerance)
-        except BaseException as err:
-            mlflow.set_tag("mmfusion.export_error", f"{type(err).__name__}: {err}"[:5000])
-            raise
-        finally:
-            mlflow.end_run(status)
+        try:  # everything is checked before anything is logged: a failed export leaves the run as it was
+            report = log_onnx(cfg, predictor.model, data, predictor.tokenizer, quantize=args.quantize or cfg.export.quantize, tolerance=args.tolerance, into_run=args.run_id)
+        except ParityError as err:
+            raise UserError(f"run {args.run_id}: export failed its parity check, nothing was logged ({err})") from None
     print(f"run {args.run_id}: ONNX export logged; max |ONNX - PyTorch| = {report['max_abs_diff']:.3g} over {report['samples_checked']} samples "
           f"(tolerance {report['tolerance']:g}, export {report['export_seconds']:.1f}s)")
     return 0

@@ -20,17 +20,21 @@ def main(args: argparse.Namespace) -> int:
 
     import mlflow
 
+    from mmfusion.artifacts import check_run_id
     from mmfusion.errors import UserError
+    from mmfusion.paths import check_output_dir
     from mmfusion.inspection import build_report, format_text, write_report
     from mmfusion.tracking import DEFAULT_URI
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
+    check_run_id(args.run_id)
+    out_dir = check_output_dir(args.output or f"inspect_{args.run_id}", "--output")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
     report = build_report(args.run_id, args.top)
     print(format_text(report))
-    path = write_report(report, args.output or f"inspect_{args.run_id}")
+    path = write_report(report, out_dir)
     if not args.no_log:
         mlflow.MlflowClient().log_artifact(args.run_id, str(path), "inspect")
     print(f"\nreport: {path}" + ("" if args.no_log else f" (logged to run {args.run_id} as inspect/{path.name})"))

@@ -17,60 +17,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI holding the run (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 
 
-def download_bundle(run_id: str, dst: str | Path) -> Path:
-    """The bundle folder inside the run's pyfunc model (safetensors + config + tokenizer; no pickle)."""
-    import mlflow
-
-    from mmfusion.errors import DataError
-    from mmfusion.export import logged_model_id
-
-    model_id = logged_model_id(run_id, "model")
-    if model_id is None:
-        raise DataError(f"run {run_id} has no logged model (was it trained with tracking.log_model=false?)")
-    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(dst)))
-    bundle = next((p.parent for p in model_dir.rglob("model.safetensors")), None)
-    if bundle is None:
-        raise DataError(f"run {run_id}: its logged model holds no bundle (model.safetensors)")
-    return bundle
-
-
 def main(args: argparse.Namespace) -> int:
     import os
     import tempfile
 
     import mlflow
 
+    from mmfusion.artifacts import get_run, reading
     from mmfusion.data.table import read_table
     from mmfusion.errors import UserError
+    from mmfusion.paths import check_output_file
     from mmfusion.tracking import DEFAULT_URI
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
     if args.int8 and not args.onnx:
         raise UserError("--int8 needs --onnx (the int8 model is an ONNX model)")
+    out = check_output_file(args.output or f"{Path(args.input).stem}_predictions.csv", "--output")
     frame = read_table(args.input)
-    try:
-        mlflow.MlflowClient().get_run(args.run_id)
-    except mlflow.exceptions.MlflowException:
-        raise UserError(f"run {args.run_id!r} not found in the tracking store {mlflow.get_tracking_uri()}") from None
+    get_run(args.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         if args.onnx:  # onnxruntime, numpy, pandas and `tokenizers` only: no torch, no PyTorch weights
             from mmfusion.export import OnnxPredictor, download_onnx
 
             model_path, artifacts = download_onnx(args.run_id, tmp, int8=args.int8)
-            predictor = OnnxPredictor(model_path, artifacts, int8=args.int8)
+            with reading(f"run {args.run_id}", "its ONNX artifacts (onnx/)"):
+                predictor = OnnxPredictor(model_path, artifacts, int8=args.int8, source=f"run {args.run_id}")
             predictor.check_columns(frame, args.input)
             result = predictor.predict(frame)
         else:
-            from mmfusion.bundle import Predictor
+            from mmfusion.bundle import load_predictor
             from mmfusion.data.table import check_columns, check_numeric
 
-            predictor = Predictor(download_bundle(args.run_id, tmp))
+            predictor = load_predictor(args.run_id, tmp)  # safetensors + JSON/YAML, checked against the run's hashes
             pre = predictor.pre
             check_columns(frame, [pre.text_column, *pre.numeric, *pre.categorical], args.input)
             check_numeric(frame, list(pre.numeric), args.input)
             result = predictor.predict(frame)
-    out = Path(args.output or f"{Path(args.input).stem}_predictions.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     result.to_csv(out, index=False)
     print(f"wrote {len(result)} predictions ({'ONNX Runtime' + (' int8' if args.int8 else '') if args.onnx else 'PyTorch'}) to {out}")

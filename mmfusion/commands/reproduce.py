@@ -19,8 +19,14 @@ def main(args: argparse.Namespace) -> int:
 
     import mlflow
 
+    import math
+
+    from mmfusion.errors import UserError
     from mmfusion.reproduce import report, reproduce
     from mmfusion.tracking import DEFAULT_URI
+
+    if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise UserError(f"--tolerance must be a finite number >= 0, got {args.tolerance:g}")
 
     # read the original and write the new run in the same store, whatever the recorded tracking.uri says (env wins)
     os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI

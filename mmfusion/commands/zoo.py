@@ -32,6 +32,19 @@ def parse_seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
+def _check_parent(cfg, run_id: str) -> None:
+    """--resume names a zoo's parent run in this store (before anything starts)."""
+    import mlflow
+
+    from mmfusion.artifacts import get_run
+    from mmfusion.errors import UserError
+    from mmfusion.tracking import tracking_uri
+
+    run = get_run(run_id, mlflow.MlflowClient(tracking_uri(cfg)))
+    if run.data.tags.get("mmfusion.kind") != "zoo":
+        raise UserError(f"--resume {run_id}: not a zoo's parent run (its tag mmfusion.kind is {run.data.tags.get('mmfusion.kind')!r}, not 'zoo')")
+
+
 def main(args: argparse.Namespace) -> int:
     from mmfusion.config import load_config
     from mmfusion.hardware import describe
@@ -39,6 +52,12 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     seeds = parse_seeds(args.seeds)
+    if args.out:
+        from mmfusion.paths import check_output_dir
+
+        check_output_dir(args.out, "--out")
+    if args.resume:
+        _check_parent(cfg, args.resume)
     only = [v.strip() for v in args.variants.split(",")] if args.variants else None
     todo = members(cfg, seeds, only)  # every member's config is validated before anything runs
     labels = list(dict.fromkeys(m.label for m in todo))

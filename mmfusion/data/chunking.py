@@ -6,6 +6,10 @@ import json
 
 import pandas as pd
 
+from mmfusion.errors import ConfigError
+
+_NO_LIMIT = 10**6  # transformers' model_max_length when a tokenizer records none is ~1e30
+
 
 def split_messages(text) -> list[str]:
     """A dialogue is newline-separated messages or a JSON list of messages; missing text has none."""
@@ -22,6 +26,30 @@ def split_messages(text) -> list[str]:
         except json.JSONDecodeError:
             pass
     return [line for line in text.split("\n") if line.strip()]
+
+
+def max_positions(tokenizer) -> int | None:
+    """The most tokens the text encoder takes in one chunk: its `max_position_embeddings` (from the encoder's
+    config next to the tokenizer) and the tokenizer's `model_max_length`, whichever is smaller; None if neither says."""
+    limits = []
+    length = getattr(tokenizer, "model_max_length", None)
+    if isinstance(length, int) and 0 < length < _NO_LIMIT:
+        limits.append(length)
+    try:
+        from transformers import AutoConfig
+
+        positions = getattr(AutoConfig.from_pretrained(tokenizer.name_or_path), "max_position_embeddings", None)
+    except Exception:  # a tokenizer without an encoder config beside it: only model_max_length can tell
+        positions = None
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    return min(limits) if limits else None
+
+
+def check_chunk_len(tokenizer, chunk_len: int) -> None:
+    limit = max_positions(tokenizer)
+    if limit is not None and chunk_len > limit:
+        raise ConfigError(f"data.chunk_len: {chunk_len} is more than the text encoder's maximum of {limit} positions ({tokenizer.name_or_path}); use data.chunk_len<={limit}")
 
 
 class DialogueChunker:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mmfusion.config import DataConfig
 from mmfusion.data import synthetic
-from mmfusion.data.chunking import DialogueChunker
+from mmfusion.data.chunking import DialogueChunker, check_chunk_len
 from mmfusion.data.sampler import EpochShuffle, bucketed_loader
 from mmfusion.data.table import check_columns, check_labels, check_numeric, read_table
 from mmfusion.data.tabular import TabularPreprocessor
@@ -107,6 +107,7 @@ def split_frame(frame: pd.DataFrame, label: str, val_fraction: float, test_fract
 def prepare_data(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
     """`seed` (the run's) draws the synthetic data and the split unless `cfg.split_seed` pins them (zoo members)."""
     seed = cfg.split_seed if cfg.split_seed is not None else seed
+    check_chunk_len(tokenizer, cfg.chunk_len)
     frame, test_frame, cols = load_frames(cfg, seed)
     frame = frame.reset_index(drop=True)
     if cols["id"] is None:  # ids are row numbers in the source table(s)

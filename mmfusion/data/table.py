@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmfusion.errors import DataError
@@ -34,12 +35,17 @@ def check_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
 
 
 def check_numeric(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    """Numeric columns hold numbers or blanks (missing). inf/-inf is an error, not "missing": it usually means a
+    broken upstream computation, and standardising it would turn the whole feature into NaN (a NaN loss)."""
     for col in columns:
-        if pd.api.types.is_numeric_dtype(frame[col]):
-            continue
-        bad = frame[col][pd.to_numeric(frame[col], errors="coerce").isna() & frame[col].notna()]
-        if len(bad):
-            raise DataError(f"{source}: numeric column {col!r} holds non-numeric values (e.g. {bad.iloc[0]!r}); list it under data.categorical_columns instead")
+        if not pd.api.types.is_numeric_dtype(frame[col]):
+            bad = frame[col][pd.to_numeric(frame[col], errors="coerce").isna() & frame[col].notna()]
+            if len(bad):
+                raise DataError(f"{source}: numeric column {col!r} holds non-numeric values (e.g. {bad.iloc[0]!r}); list it under data.categorical_columns instead")
+        values = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        infinite = int(np.isinf(values).sum())
+        if infinite:
+            raise DataError(f"{source}: numeric column {col!r} holds non-finite values (inf/-inf) in {infinite} row(s); leave the cell empty for a missing value")
 
 
 def check_labels(labels: pd.Series, source: str, column: str) -> None:

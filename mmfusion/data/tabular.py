@@ -82,10 +82,11 @@ class TabularPreprocessor:
         Path(path).write_text(self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "TabularPreprocessor":
+    def load(cls, path: str | Path, source: str | None = None) -> "TabularPreprocessor":
+        """`source` names the file's owner in errors (e.g. "run 3f2a..."; default: the path)."""
         try:
             state = json.loads(Path(path).read_text())
             state["numeric"] = {k: tuple(v) for k, v in state["numeric"].items()}
             return cls(**state)
         except (OSError, ValueError, TypeError, KeyError) as err:
-            raise DataError(f"{path}: not a valid preprocessing.json ({err})") from None
+            raise DataError(f"{source or path}: not a valid preprocessing.json ({type(err).__name__}: {err})") from None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from mmfusion.artifacts import ArtifactError, reading
 from mmfusion.errors import DataError
 from mmfusion.export.onnx import ONNX_DTYPES, sha256_bytes, sha256_file
 
@@ -26,10 +27,6 @@ if TYPE_CHECKING:
 # Files under the run's `onnx/` artifact folder: with the ONNX logged model they are all `predict --onnx` needs.
 META_FILE, PARITY_FILE, INT8_FILE, PREPROCESSING_FILE, TOKENIZER_DIR = "onnx_meta.json", "onnx_parity.json", "onnx_int8.json", "preprocessing.json", "tokenizer"
 ONNX_MODEL_NAME, INT8_MODEL_NAME = "model_onnx", "model_onnx_int8"  # LoggedModels; not "onnx", which MLflow would list inside onnx/
-
-
-class ArtifactError(DataError):
-    """ONNX artifacts that do not belong together: a tampered model file or a preprocessing.json from elsewhere."""
 
 
 class OnnxScorer:
@@ -127,26 +124,37 @@ class OnnxPredictor:
     preprocessing.json is the one the model was exported with.
     """
 
-    def __init__(self, model_path: str | Path, artifacts: str | Path, threads: int | None = None, int8: bool = False) -> None:
+    def __init__(self, model_path: str | Path, artifacts: str | Path, threads: int | None = None, int8: bool = False, source: str | None = None) -> None:
+        """`source` names the files' owner in errors ("run 3f2a..."), which then show names, not temporary paths."""
         from mmfusion.data.chunking import DialogueChunker
         from mmfusion.data.tabular import TabularPreprocessor
 
         artifacts = Path(artifacts)
         meta_file = artifacts / META_FILE
+        name = lambda p, folder: f"{source}: {folder}{Path(p).name}" if source else str(p)  # noqa: E731
+        meta_name, model_name = name(meta_file, "onnx/"), name(model_path, "logged model ")
         if not meta_file.is_file():
-            raise ArtifactError(f"{meta_file}: missing; was the run exported (export.onnx=true or `mmfusion export`)?")
-        self.meta = json.loads(meta_file.read_text())
+            raise ArtifactError(f"{meta_name}: missing; was the run exported (export.onnx=true or `mmfusion export`)?")
+        try:
+            self.meta = json.loads(meta_file.read_text())
+            missing = [k for k in ("max_chunks", "chunk_len", "pad_id", "cls_id", "sep_id") if k not in self.meta]
+        except (ValueError, TypeError, OSError) as err:  # not JSON, or not an object
+            raise ArtifactError(f"{meta_name}: not a valid {META_FILE} ({type(err).__name__}: {err})") from None
+        if missing:
+            raise ArtifactError(f"{meta_name}: not a valid {META_FILE} (no {', '.join(missing)})")
+        if not Path(model_path).is_file():
+            raise ArtifactError(f"{model_name}: the ONNX model file is missing from the run's logged model")
         digest, expected = sha256_file(model_path), self.meta.get("int8_model_sha256" if int8 else "model_sha256")
         if expected is None:
-            raise ArtifactError(f"{meta_file}: the latest export of this run made no {'int8' if int8 else 'fp32'} model; run `mmfusion export` again")
+            raise ArtifactError(f"{meta_name}: the latest export of this run made no {'int8' if int8 else 'fp32'} model; run `mmfusion export` again")
         if digest != expected:
-            raise ArtifactError(f"{model_path}: sha256 {digest[:12]}... differs from the exported model's {expected[:12]}...: the ONNX file was modified")
+            raise ArtifactError(f"{model_name}: sha256 {digest[:12]}... differs from the exported model's {expected[:12]}...: the ONNX file was modified")
         pre_file = artifacts / PREPROCESSING_FILE
         pre_text = pre_file.read_text() if pre_file.is_file() else ""
         self.scorer = OnnxScorer(model_path, threads)
         expected = self.scorer.metadata.get("mmfusion.preprocessing_sha256")
         if sha256_bytes(pre_text.encode()) != expected:
-            raise ArtifactError(f"{pre_file}: does not match the preprocessing the ONNX model was exported with (sha256 mismatch)")
+            raise ArtifactError(f"{name(pre_file, 'onnx/')}: does not match the preprocessing the ONNX model was exported with (sha256 mismatch)")
         self.pre = TabularPreprocessor.load(pre_file)
         tokenizer_dir = artifacts / TOKENIZER_DIR
         if (tokenizer_dir / "tokenizer.json").is_file():
@@ -189,6 +197,8 @@ def download_onnx(run_id: str, dst: str | Path, int8: bool = False) -> tuple[Pat
     model_id = logged_model_id(run_id, name)
     if model_id is None:
         raise DataError(f"run {run_id} has no {name!r} model; export it first: python -m mmfusion export --run-id {run_id}" + (" --quantize" if int8 else ""))
-    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(dst / name)))
-    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="onnx", dst_path=str(dst)))
+    with reading(f"run {run_id}", f"its {name!r} logged model"):
+        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(dst / name)))
+    with reading(f"run {run_id}", "onnx/ (the export's artifacts)"):
+        artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="onnx", dst_path=str(dst)))
     return model_dir / "model.onnx", artifacts

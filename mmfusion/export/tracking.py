@@ -3,11 +3,12 @@ run's LoggedModel again."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -58,11 +59,31 @@ def _log_model(path: Path, scorer: OnnxScorer, example: dict, name: str):
     )
 
 
-def log_onnx(cfg: "Config", model: "MultimodalClassifier", data: "PreparedData", tokenizer, *, quantize: bool | None = None, tolerance: float | None = None) -> dict:
-    """Export, prove parity, and log to the active MLflow run: the ONNX model (MLflow onnx flavour, signature and
-    input example), metric `onnx_max_abs_diff`, and under `onnx/` the parity report, tokenizer files,
-    preprocessing.json and onnx_meta.json. Optionally the int8 model with its figures. Raises ParityError (after
-    logging the failed report) when ONNX and PyTorch disagree. -> the parity report."""
+@contextlib.contextmanager
+def _logging_into(run_id: str | None) -> Iterator[None]:
+    """Log into the active run (None), or into the finished run `run_id`, which gets its status back."""
+    if run_id is None:
+        yield
+        return
+    import mlflow
+
+    status = mlflow.MlflowClient().get_run(run_id).info.status
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run(status)
+
+
+def log_onnx(cfg: "Config", model: "MultimodalClassifier", data: "PreparedData", tokenizer, *, quantize: bool | None = None, tolerance: float | None = None,
+             into_run: str | None = None) -> dict:
+    """Export, prove parity, and log: the ONNX model (MLflow onnx flavour, signature and input example), metric
+    `onnx_max_abs_diff`, and under `onnx/` the parity report, tokenizer files, preprocessing.json and onnx_meta.json.
+    Optionally the int8 model with its figures. Everything is computed and checked before anything is logged.
+
+    Without `into_run`: into the active run (training), and a failed parity check logs its report before raising
+    ParityError (that run then fails). With `into_run` (`mmfusion export`): into that finished run, which keeps its
+    status; a failure logs nothing, so a run's passing report is never replaced by a failing one. -> the report."""
     import tempfile
 
     import mlflow
@@ -87,18 +108,17 @@ def log_onnx(cfg: "Config", model: "MultimodalClassifier", data: "PreparedData",
         try:
             report = check_parity(model, scorer, batches, tolerance)
         except ParityError as err:
-            mlflow.log_dict(err.report, f"onnx/{PARITY_FILE}")
-            mlflow.log_metric("onnx_max_abs_diff", min(err.report["max_abs_diff"], 1e30))
+            if into_run is None:
+                mlflow.log_dict(err.report, f"onnx/{PARITY_FILE}")
+                mlflow.log_metric("onnx_max_abs_diff", min(err.report["max_abs_diff"], 1e30))
             raise
         report["export_seconds"] = export_seconds
-        mlflow.log_dict(report, f"onnx/{PARITY_FILE}")
-        mlflow.log_metric("onnx_max_abs_diff", report["max_abs_diff"])
         files = tmp / "artifacts"
         tokenizer.save_pretrained(files / TOKENIZER_DIR)
         (files / PREPROCESSING_FILE).write_text(pre_text)
         run_meta = {"model_sha256": digest, "max_chunks": cfg.data.max_chunks, "chunk_len": cfg.data.chunk_len, "pad_id": pad_id, "cls_id": chunker.cls_id, "sep_id": chunker.sep_id,
                     "classes": data.preprocessor.classes, "fusion": cfg.model.fusion, "inputs": list(scorer.inputs), "outputs": scorer.output_names, "opset": OPSET}
-        run_meta["onnx_model_id"] = _log_onnx_model(model_path, scorer, batches[1], ONNX_MODEL_NAME)
+        q_path = q_scorer = q_report = None
         if quantize:
             q_path = quantize_onnx(model_path, tmp / "model_int8.onnx")
             q_scorer = OnnxScorer(q_path)
@@ -110,12 +130,17 @@ def log_onnx(cfg: "Config", model: "MultimodalClassifier", data: "PreparedData",
 
             loader = DataLoader(SplitDataset(held_out), batch_size=cfg.trainer.eval_batch_size, collate_fn=partial(collate, pad_id=pad_id))
             q_report = int8_report(scorer, q_scorer, list(loader), model_path, q_path)
-            mlflow.log_dict(q_report, f"onnx/{INT8_FILE}")
-            mlflow.log_metrics({"onnx_int8_max_abs_diff": q_report["max_abs_diff_probs"], "onnx_int8_agreement": q_report["prediction_agreement"], "onnx_int8_accuracy": q_report["accuracy_int8"]})
             run_meta["int8_model_sha256"] = sha256_file(q_path)
-            run_meta["onnx_int8_model_id"] = _log_onnx_model(q_path, q_scorer, batches[1], INT8_MODEL_NAME)
-        (files / META_FILE).write_text(json.dumps(run_meta, indent=2))
-        mlflow.log_artifacts(str(files), "onnx")
+        with _logging_into(into_run):  # only now: every check has passed
+            mlflow.log_dict(report, f"onnx/{PARITY_FILE}")
+            mlflow.log_metric("onnx_max_abs_diff", report["max_abs_diff"])
+            run_meta["onnx_model_id"] = _log_onnx_model(model_path, scorer, batches[1], ONNX_MODEL_NAME)
+            if q_report is not None:
+                mlflow.log_dict(q_report, f"onnx/{INT8_FILE}")
+                mlflow.log_metrics({"onnx_int8_max_abs_diff": q_report["max_abs_diff_probs"], "onnx_int8_agreement": q_report["prediction_agreement"], "onnx_int8_accuracy": q_report["accuracy_int8"]})
+                run_meta["onnx_int8_model_id"] = _log_onnx_model(q_path, q_scorer, batches[1], INT8_MODEL_NAME)
+            (files / META_FILE).write_text(json.dumps(run_meta, indent=2))
+            mlflow.log_artifacts(str(files), "onnx")
     log.info("ONNX export: %.1fs, max |ONNX - PyTorch| = %.2g over %d samples", export_seconds, report["max_abs_diff"], report["samples_checked"])
     return report
 
