@@ -215,7 +215,7 @@ def test_a_signal_mid_trial_stops_the_study_at_once_and_the_same_command_resumes
     client = mlflow.MlflowClient(mlflow_uri)
     assert client.get_run(parent_id).info.status == "KILLED"
     run = trial_runs(mlflow_uri, parent_id)[0]
-    assert run.info.status == "KILLED" and "mmfusion.error" not in run.data.tags
+    assert run.info.status == "KILLED" and "mmfusion.error" not in run.data.tags and run.data.tags["mmfusion.stopped_by"] == signal.Signals(signum).name
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) < 200  # stopped mid-fit
 
     if signum != signal.SIGINT:

@@ -89,7 +89,7 @@ class Objective:
             stopped = signals.interrupted_error(err)
             if stopped is not None:
                 ignore_further_signals()
-                self._end_run(trial, "KILLED", f"stopped by {stopped}", params, tags, stopped=True)
+                self._end_run(trial, "KILLED", str(stopped), params, tags, stopped=True)  # the tag tracking.mlflow_run sets too
                 raise stopped from None  # Optuna marks the trial FAIL and re-raises it (not in `catch`)
             reason = f"{type(err).__name__}: {err}"
             self.failed_in_a_row, self.last_failure = self.failed_in_a_row + 1, reason
