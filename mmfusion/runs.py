@@ -23,10 +23,12 @@ def config_of_run(run_id: str, tracking_uri: str | None = None, client: mlflow.M
     client = client or mlflow.MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            text = Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text()
-    except Exception as err:  # MlflowException, OSError, ... : the run or its artifact is not there
+            raw = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"a mapping was expected, got {type(raw).__name__}")
+    except Exception as err:  # MlflowException, OSError, YAMLError, ... : the run or its artifact is not there or broken
         raise UserError(f"run {run_id!r}: cannot read its config.yaml at {client.tracking_uri} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    return build_config(yaml.safe_load(text) or {}, f"config.yaml of run {run_id}")
+    return build_config(raw, f"config.yaml of run {run_id}")
 
 
 def ensure_same_config(logged: Config, given: Config) -> Config:

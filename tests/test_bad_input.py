@@ -217,6 +217,8 @@ ROWS: list[tuple[str, list[str], Callable[[Ctx], None] | None]] = [
     ("export-nan-tolerance", ["export", "--run-id", "{run}", "--tolerance", "nan"], None),
     ("export-parity-fails", ["export", "--run-id", "{run}", "--tolerance", "1e-30"], None),
     ("export-corrupted-safetensors", ["export", "--run-id", "{run}"], _garbage("model.safetensors")),
+    ("export-corrupted-config-yaml", ["export", "--run-id", "{run}"], _run_artifact("config.yaml", b"model: [unclosed\n")),
+    ("reproduce-corrupted-config-yaml", ["reproduce", "--run-id", "{run}"], _run_artifact("config.yaml", b"- just\n- a list\n")),
     ("export-missing-bundle-file", ["export", "--run-id", "{run}"], _garbage("text_encoder/config.json", None)),
     # -- predict
     ("predict-unknown-run", ["predict", "--run-id", "0123456789abcdef0123456789abcdef", "--input", "{tmp}/rows.csv"], lambda c: c.rows("rows.csv")),
@@ -255,7 +257,9 @@ def _snapshot(client: mlflow.MlflowClient, run_id: str) -> dict:
         return out
 
     models = [m.model_id for m in (run.outputs.model_outputs if run.outputs else [])]
-    return {"status": run.info.status, "params": run.data.params, "tags": run.data.tags, "artifacts": sorted(listing()), "models": models}
+    parity = mlflow.artifacts.load_text(f"runs:/{run_id}/onnx/onnx_parity.json")  # a failed export must not replace it
+    return {"status": run.info.status, "params": run.data.params, "tags": run.data.tags, "metrics": run.data.metrics, "artifacts": sorted(listing()),
+            "models": models, "parity": parity}
 
 
 def test_the_table_is_large_and_has_unique_ids():

@@ -95,7 +95,7 @@ def test_code_and_library_differences_are_warnings(mlflow_module_uri):
 
 def test_unknown_run_is_exit_2(mlflow_module_uri, capsys):
     assert main(["reproduce", "--run-id", "0123456789abcdef0123456789abcdef"]) == 2
-    assert "no run '0123456789abcdef0123456789abcdef'" in capsys.readouterr().err
+    assert "run '0123456789abcdef0123456789abcdef' not found in the tracking store" in capsys.readouterr().err
 
 
 def free_port() -> int:
