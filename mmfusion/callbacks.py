@@ -4,11 +4,13 @@ sampler's epoch (for exact resumes), the heartbeat."""
 from __future__ import annotations
 
 import os
+import random
 import resource
 import shutil
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -67,6 +69,29 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=False, every_n_epochs=1, enable_version_counter=False)
         self.every_n_steps = every_n_train_steps or 0
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "rng": rng_state()}  # this rank's: the checkpoint file keeps rank 0's
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Every rank continues its own random streams, set again at the first epoch's start (see there)."""
+        state = next((v.get("rng") for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("LastCheckpoint")), None)
+        own = Path(trainer.ckpt_path or "") / f"rng_rank{trainer.global_rank}.pt"
+        if trainer.world_size > 1 and own.is_file():
+            state = torch.load(own, map_location="cpu", weights_only=True)
+        self._resume_rng = (checkpoint.get("global_step"), state)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step, state = getattr(self, "_resume_rng", None) or (None, None)
+        self._resume_rng = None
+        if state and step == trainer.global_step:  # the first epoch after an epoch-end checkpoint
+            # The uninterrupted job saved the streams at an epoch's end and, at the next epoch's start, its train
+            # loader drew a base seed from the global generator. The resumed job's first iterator was made earlier
+            # (in FitLoop.setup_data; under FSDP even before Lightning restored the checkpoint), so set the streams
+            # here and draw that seed again: the dropout masks then equal the uninterrupted job's (measured).
+            set_rng_state(state)
+            if getattr(trainer.train_dataloader, "generator", None) is None:
+                torch.empty((), dtype=torch.int64).random_()
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         if not self.every_n_steps or trainer.global_step % self.every_n_steps:
             return
@@ -91,10 +116,30 @@ class LastCheckpoint(ModelCheckpoint):
         trainer.strategy.barrier("LastCheckpoint.clear")
         self.last_model_path = str(final)
         self._save_checkpoint(trainer, str(tmp))
+        if tmp.is_dir():  # sharded: Lightning keeps rank 0's callback state only, so each rank adds its RNG streams
+            torch.save(rng_state(), tmp / f"rng_rank{trainer.global_rank}.pt")
+            trainer.strategy.barrier("LastCheckpoint.rng")
         if trainer.is_global_zero:
             replace_checkpoint(tmp, final)
         trainer.strategy.barrier("LastCheckpoint.swap")
         self._last_checkpoint_saved = str(final)
+
+
+def rng_state() -> dict:
+    """This process's random streams (torch CPU and CUDA, numpy, python) as tensors and ints: loadable with
+    weights_only=True."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": list(random.getstate()[1]), "python_version": random.getstate()[0]}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state((state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32), *state["numpy"][2:]))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
 
 
 def replace_checkpoint(new: Path, final: Path) -> None:

@@ -147,7 +147,7 @@ class TrainerConfig(Strict):
     enable_progress_bar: bool = True
     output_dir: str = "outputs"  # checkpoints and job files, under <output_dir>/<run_id>/
     checkpoints: bool = True  # (sharded under fsdp) each epoch and at the end; `train --resume RUN_ID` continues
-    checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also every N optimizer steps (resume replays that epoch's data order from its start)
+    checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also every N optimizer steps; a resume from mid-epoch is not exact (the epoch restarts its data order)
     compile: bool = False  # torch.compile the text encoder; measured slower on CPU after a 2-3 min compile (results/bench.md)
 
     @field_validator("output_dir")

@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mmfusion.config import load_config
 from mmfusion.export import logged_model_id
@@ -93,6 +94,7 @@ def test_killed_job_resumes_to_the_same_result(mlflow_uri, tiny_bert, tmp_path):
     time.sleep(1.0)  # into the second epoch
     proc.send_signal(signal.SIGKILL)  # supervisor dies; its workers die with it
     proc.wait()
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 0  # killed mid-training: one of three epochs done
     run_id = ckpt.parent.parent.parent.name
     assert mlflow.MlflowClient(mlflow_uri).get_run(run_id).info.status == "RUNNING"
     done = subprocess.run([sys.executable, "-m", "mmfusion", "train", "--resume", run_id], cwd=workdir, capture_output=True, text=True)
@@ -103,6 +105,21 @@ def test_killed_job_resumes_to_the_same_result(mlflow_uri, tiny_bert, tmp_path):
     assert len(client.get_metric_history(run_id, "val_loss")) >= 3  # one run holds the whole job
     for key in ("val_loss", "val_accuracy", "val_auroc", "test_loss"):
         assert resumed.data.metrics[key] == pytest.approx(reference.metrics[key], abs=1e-6), key
+
+
+def test_sigterm_to_the_supervisor_stops_the_workers_and_ends_the_run_killed(mlflow_uri, tiny_bert, tmp_path):
+    cmd = [sys.executable, "-m", "mmfusion", "train", f"model.text_encoder={tiny_bert}", "data.synthetic.n_samples=1500", "data.cache_dir=null",
+           "trainer.max_epochs=20", "trainer.enable_progress_bar=false", "model.fusion_dim=16", "data.max_chunks=4", "data.chunk_len=32", *FSDP]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = [_wait_for_worker(proc.pid, rank) for rank in (0, 1)]
+    _wait_for(lambda: next(iter(tmp_path.glob("outputs/*/checkpoints/last.ckpt/meta.pt")), None), timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted by SIGTERM (runs in progress were marked KILLED)"]
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # no worker outlives the job
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert runs["status"].tolist() == ["KILLED"] and runs["tags.mmfusion.stopped_by"][0] == "SIGTERM"
 
 
 def test_resume_with_another_config_is_an_error(tiny_overrides):

@@ -119,3 +119,27 @@ def test_embedding_cache_gives_identical_results(mlflow_uri, tiny_overrides, tmp
     for other in (cached_cold, cached_warm):
         for key in ("val_loss", "test_loss", "test_accuracy"):
             assert other.metrics[key] == pytest.approx(plain.metrics[key], abs=1e-6), key
+
+
+def test_last_checkpoint_is_written_after_every_epoch_and_every_n_steps(mlflow_uri, tiny_overrides, tmp_path):
+    """Read back on disk while training runs: after epoch k, last.ckpt holds k epochs; with checkpoint_every_n_steps
+    it also follows the steps inside an epoch."""
+    import lightning as L
+    import torch
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            ckpt = next(iter(tmp_path.glob("outputs/*/checkpoints/last.ckpt")), None)
+            if ckpt is not None:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+                seen.append((trainer.global_step, trainer.num_training_batches, state["global_step"], state["epoch"]))
+
+    train(load_config(None, [*tiny_overrides, "trainer.max_epochs=3", "trainer.batch_size=8", "trainer.checkpoint_every_n_steps=3", "export.onnx=false", "tracking.log_model=false"]), callbacks=[Probe()])
+    n = seen[0][1]  # optimizer steps per epoch
+    assert n > 3 and len(seen) == 3 * n - 3  # every batch after the first save (at step 3) saw a checkpoint
+    for step, _, saved_step, saved_epoch in seen:
+        assert saved_step == max(step // 3 * 3, step // n * n), (step, saved_step)  # the newest save, never older
+        if step % n == 0:
+            assert saved_epoch == step // n - 1  # an epoch starts from the previous epoch's checkpoint
