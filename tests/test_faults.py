@@ -24,8 +24,8 @@ from mmfusion.training import train
 
 @pytest.fixture
 def job(tiny_overrides) -> list[str]:
-    # batch 8 over ~280 training rows: 35 steps an epoch, seconds long, so "mid-epoch" is a wide target
-    return [*tiny_overrides, "data.synthetic.n_samples=400", "trainer.batch_size=8", "trainer.max_epochs=5", "model.fusion=gate",
+    # batch 4 over ~560 training rows: 140 steps an epoch, seconds long even on a fast CPU, so "mid-epoch" is a wide target
+    return [*tiny_overrides, "data.synthetic.n_samples=800", "trainer.batch_size=4", "trainer.max_epochs=5", "model.fusion=gate",
             "model.modality_dropout=0.1", "export.onnx=false", "tracking.log_model=false"]
 
 
@@ -68,7 +68,7 @@ def test_sigkill_mid_epoch_3_then_stale_marked_killed_and_resumed_to_equal_metri
     workdir = tmp_path / "job"
     proc, _ = _start(job, workdir)
     ckpt = _wait_epochs(workdir, 2, proc)
-    time.sleep(1.0)  # into epoch 3 (an epoch takes several seconds here)
+    time.sleep(0.3)  # into epoch 3 (an epoch takes seconds here; checked below)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert _completed_epochs(workdir)[1] == 2  # killed inside epoch 3, not after it
@@ -105,7 +105,7 @@ def test_sigint_and_sigterm_mid_epoch_end_the_run_killed_with_one_line(mlflow_ur
     workdir = tmp_path / "job"
     proc, stderr = _start(job, workdir)
     ckpt = _wait_epochs(workdir, 1, proc)
-    time.sleep(1.0)  # into epoch 2
+    time.sleep(0.3)  # into epoch 2 (checked below)
     proc.send_signal(signum)
     assert proc.wait(timeout=120) == 128 + signum
     assert _completed_epochs(workdir)[1] == 1  # stopped inside epoch 2
@@ -127,7 +127,7 @@ class _Crash(BaseException):
 
 def _stub_trainer(write):
     strategy = SimpleNamespace(barrier=lambda *a, **k: None)
-    return SimpleNamespace(is_global_zero=True, strategy=strategy, loggers=[], global_step=0, save_checkpoint=write)
+    return SimpleNamespace(is_global_zero=True, global_rank=0, strategy=strategy, loggers=[], global_step=0, save_checkpoint=write)
 
 
 def test_a_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path):
