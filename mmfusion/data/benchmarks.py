@@ -7,7 +7,6 @@ column roles); `experiments/real/clothing*.yaml` point at those files.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import subprocess
@@ -21,6 +20,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from mmfusion.errors import DataError
+from mmfusion.hashing import sha256_bytes, sha256_file
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,7 @@ BENCHMARKS: dict[str, WheelTable] = {
 
 
 def sha256_of(data: bytes | Path) -> str:
-    if isinstance(data, Path):
-        digest = hashlib.sha256()
-        with data.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    return hashlib.sha256(data).hexdigest()
+    return sha256_file(data) if isinstance(data, Path) else sha256_bytes(data)
 
 
 def spec(name: str) -> WheelTable:

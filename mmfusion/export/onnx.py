@@ -11,13 +11,14 @@ torch is imported inside the functions that need it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from mmfusion.hashing import sha256_bytes, sha256_file  # noqa: F401 (re-exported: callers import them from here)
 
 if TYPE_CHECKING:
     import torch
@@ -31,18 +32,6 @@ OUTPUTS = ("probs", "modality_weights", "expert_weights")
 DYNAMIC_AXES = {"input_ids": {0: "batch", 1: "chunks", 2: "tokens"}, "attention_mask": {0: "batch", 1: "chunks", 2: "tokens"}, "chunk_mask": {0: "batch", 1: "chunks"}, "numeric": {0: "batch"}, "categorical": {0: "batch"}}
 ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(double)": np.float64}
 OPSET = 17
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _traceable_attention(mha) -> "torch.nn.Module | None":
