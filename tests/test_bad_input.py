@@ -34,7 +34,7 @@ def _local(uri: str) -> Path:
 def finished(tiny_bert, mlflow_module_uri) -> str:
     """One tiny FINISHED run with an ONNX export and a bundle: the run every row that reads a run points at."""
     from mmfusion.config import load_config
-    from mmfusion.training import train
+    from mmfusion.training.fit import train
 
     return train(load_config(None, [f"model.text_encoder={tiny_bert}", *TINY])).run_id
 
@@ -333,7 +333,7 @@ def test_errors_name_the_run_and_the_file(finished, tiny_bert, tmp_path, capsys)
 
 
 def test_the_bundle_hashes_live_in_the_run_not_in_the_model(finished):
-    from mmfusion.bundle import MANIFEST_TAG
+    from mmfusion.serving.bundle import MANIFEST_TAG
 
     manifest = json.loads(mlflow.MlflowClient().get_run(finished).data.tags[MANIFEST_TAG])
     assert {"model.safetensors", "config.yaml", "preprocessing.json", "text_encoder/config.json"} <= set(manifest)

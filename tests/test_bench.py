@@ -11,9 +11,9 @@ from mmfusion.config import load_config
 from mmfusion.data.datamodule import SplitDataset, collate, prepare_data
 from mmfusion.encoders import load_text_backbone, load_tokenizer
 from mmfusion.fusion import list_fusions
-from mmfusion.lit_module import MODEL_INPUTS
-from mmfusion.model import build_model
-from mmfusion.reference import reference_collate, reference_model
+from mmfusion.modeling.module import MODEL_INPUTS
+from mmfusion.modeling.classifier import build_model
+from mmfusion.bench.reference import reference_collate, reference_model
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_reference_and_optimized_paths_agree_on_the_same_weights(tiny_data, fusi
 
 
 def test_peak_rss_sees_an_allocation():
-    from mmfusion.bench import PeakRSS
+    from mmfusion.bench.runner import PeakRSS
 
     with PeakRSS() as mem:
         block = torch.ones(64, 2**20)  # 256 MiB, touched

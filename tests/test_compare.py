@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mmfusion import comparison
+from mmfusion.analysis import compare as comparison
 from mmfusion.cli import main
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 97.5%, 2 degrees of freedom (from tables)

@@ -18,9 +18,9 @@ import torch
 from mmfusion.config import load_config
 from mmfusion.export import logged_model_id
 from mmfusion.errors import ConfigError
-from mmfusion.metrics import classification_metrics
-from mmfusion.runs import ensure_same_config
-from mmfusion.training import train
+from mmfusion.modeling.metrics import classification_metrics
+from mmfusion.tracking.runs import ensure_same_config
+from mmfusion.training.fit import train
 
 pytestmark = pytest.mark.slow
 FSDP = ["trainer.strategy=fsdp", "trainer.devices=2", "trainer.accelerator=cpu"]

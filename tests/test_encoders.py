@@ -9,7 +9,7 @@ from transformers import AutoModel
 from mmfusion.config import ModelConfig
 from mmfusion.data.datamodule import collate
 from mmfusion.encoders import AttentionChunkPool, TabularEncoder, TextEncoder, load_text_backbone, load_tokenizer, masked_chunk_mean
-from mmfusion.model import build_model
+from mmfusion.modeling.classifier import build_model
 
 
 def batch_of(chunks_per_sample: list[list[list[int]]], n_numeric: int = 4, n_cat: int = 2) -> dict:

@@ -25,8 +25,8 @@ from mmfusion.encoders import load_text_backbone, load_tokenizer
 from mmfusion.errors import DataError
 from mmfusion.export import ArtifactError, OnnxPredictor, OnnxScorer, ParityError, check_parity, download_onnx, export_onnx, logged_model_id, parity_batches, quantize_onnx
 from mmfusion.fusion import list_fusions
-from mmfusion.model import build_model
-from mmfusion.training import train
+from mmfusion.modeling.classifier import build_model
+from mmfusion.training.fit import train
 
 
 @pytest.fixture(scope="module")

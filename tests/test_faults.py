@@ -16,10 +16,10 @@ import mlflow
 import pytest
 import torch
 
-from mmfusion.callbacks import LastCheckpoint, resumable_checkpoint
+from mmfusion.training.callbacks import LastCheckpoint, resumable_checkpoint
 from mmfusion.cli import main as cli
 from mmfusion.config import load_config, to_yaml
-from mmfusion.training import train
+from mmfusion.training.fit import train
 
 
 @pytest.fixture

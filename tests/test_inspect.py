@@ -13,9 +13,9 @@ import pytest
 from mmfusion.cli import main as cli
 from mmfusion.config import load_config
 from mmfusion.data.tabular import TabularPreprocessor
-from mmfusion.inspection import build_report, gate_by_dimension, strongest_tabular, weight_figures
-from mmfusion.plots import plt
-from mmfusion.training import train
+from mmfusion.analysis.inspection import build_report, gate_by_dimension, strongest_tabular, weight_figures
+from mmfusion.analysis.plots import plt
+from mmfusion.training.fit import train
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "inspect_modality_weights.ipynb"
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from mmfusion.config import OptimConfig
-from mmfusion.lit_module import FusionClassifierModule
-from mmfusion.metrics import TAB, TEXT, attribution_auroc, faithfulness, modality_drops
-from mmfusion.model import ModelOutput, blank_modalities
+from mmfusion.modeling.module import FusionClassifierModule
+from mmfusion.modeling.metrics import TAB, TEXT, attribution_auroc, faithfulness, modality_drops
+from mmfusion.modeling.classifier import ModelOutput, blank_modalities
 
 
 class AdditiveModel(nn.Module):

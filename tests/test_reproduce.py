@@ -18,8 +18,8 @@ import yaml
 
 from mmfusion.cli import main
 from mmfusion.data import synthetic
-from mmfusion.reproduce import check_environment, reproduce
-from mmfusion.tracking import git_sha, library_versions
+from mmfusion.jobs.reproduce import check_environment, reproduce
+from mmfusion.tracking.session import git_sha, library_versions
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def mlflow_server(tmp_path, monkeypatch):
 
 def test_reproduce_against_a_tracking_server(mlflow_server, cheap, tmp_path):
     from mmfusion.config import load_config
-    from mmfusion.training import train
+    from mmfusion.training.fit import train
 
     original = train(load_config(None, [*cheap, "model.fusion=gate", "model.freeze_text_encoder=true"])).run_id
     rep = reproduce(original)

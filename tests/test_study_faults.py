@@ -20,10 +20,10 @@ from mmfusion import cli, signals
 from mmfusion.config import load_config
 from mmfusion.data import synthetic
 from mmfusion.errors import Interrupted
-from mmfusion.training import TrainResult
-from mmfusion.tuning import PARENT_ATTR, log_study_setup
-from mmfusion.tuning.report import parent_tags
-from mmfusion.tuning.storage import redact, safe_url
+from mmfusion.training.fit import TrainResult
+from mmfusion.jobs.tune import PARENT_ATTR, log_study_setup
+from mmfusion.jobs.tune.report import parent_tags
+from mmfusion.jobs.tune.storage import redact, safe_url
 
 ONE_PARAM = "study.search_space={optim.lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}}"
 
@@ -38,7 +38,7 @@ def _error_lines(err: str) -> list[str]:
 def test_k_failed_trials_in_a_row_end_the_study_and_a_fixed_rerun_resumes_it(mlflow_uri, study_overrides, tmp_path, monkeypatch, capsys):
     args = ["tune", *study_overrides, ONE_PARAM, "study.study_name=broken", "study.n_trials=1", "study.max_failed_trials=2", "study.pruner.name=none"]
 
-    from mmfusion.tuning import objective
+    from mmfusion.jobs.tune import objective
 
     real_train, broken = objective.train, [True]
 
@@ -78,9 +78,9 @@ def test_only_failures_in_a_row_count(mlflow_uri, study_overrides, monkeypatch):
             raise RuntimeError("odd call")
         return TrainResult("no-run", {"val_loss": 1.0 / len(calls)}, None)
 
-    monkeypatch.setattr("mmfusion.tuning.objective.train", flaky_train)
+    monkeypatch.setattr("mmfusion.jobs.tune.objective.train", flaky_train)
     cfg = load_config(None, [*study_overrides, ONE_PARAM, "study.study_name=flaky", "study.n_trials=3", "study.max_failed_trials=2", "study.pruner.name=none"])
-    from mmfusion.tuning import run_study
+    from mmfusion.jobs.tune import run_study
 
     study = run_study(cfg).study
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE] * 3
@@ -98,9 +98,9 @@ def test_a_signal_swallowed_by_a_finalizer_during_garbage_collection_still_stops
         SignalsWhenCollected()
         return TrainResult("no-run", {"val_loss": 0.5}, None)
 
-    monkeypatch.setattr("mmfusion.tuning.objective.train", train_leaving_garbage)
+    monkeypatch.setattr("mmfusion.jobs.tune.objective.train", train_leaving_garbage)
     cfg = load_config(None, [*study_overrides, ONE_PARAM, "study.study_name=gc", "study.n_trials=3", "study.pruner.name=none"])
-    from mmfusion.tuning import run_study
+    from mmfusion.jobs.tune import run_study
 
     swallowed = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_type))  # where "Exception ignored" goes

@@ -13,7 +13,7 @@ import pytest
 from mmfusion.config import load_config
 from mmfusion.export import logged_model_id
 from mmfusion.errors import ConfigError
-from mmfusion.training import train
+from mmfusion.training.fit import train
 
 
 def runs(uri: str) -> pd.DataFrame:
@@ -84,7 +84,7 @@ def test_failure_ends_the_run_failed(mlflow_uri, tiny_overrides, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("mmfusion.training._log_outputs", boom)
+    monkeypatch.setattr("mmfusion.training.fit._log_outputs", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         train(load_config(None, tiny_overrides))
     df = runs(mlflow_uri)

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from mmfusion import cli
 from mmfusion.config import load_config
-from mmfusion.tuning import PARENT_ATTR, engine_url, run_study, sample_params
+from mmfusion.jobs.tune import PARENT_ATTR, engine_url, run_study, sample_params
 
 SPACE = "study.search_space={model.fusion: {type: categorical, choices: [concat, moe, moe_topk]}, model.router: {type: categorical, choices: [linear, mlp], when: {model.fusion: [moe, moe_topk]}}, model.n_experts: {type: int, low: 2, high: 4, step: 2, when: {model.fusion: moe_topk}}, optim.lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}}"
 

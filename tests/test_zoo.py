@@ -14,7 +14,7 @@ from mmfusion.commands.zoo import parse_seeds
 from mmfusion.config import load_config
 from mmfusion.errors import ConfigError
 from mmfusion.fusion import list_fusions
-from mmfusion.zoo import members
+from mmfusion.jobs.zoo import members
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from transformers import AutoModel, AutoTokenizer
 
 from mmfusion.encoders.text import resolve_encoder
-from mmfusion.hardware import describe
+from mmfusion.training.hardware import describe
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")  # l1_ratios / legacy-attribute notices of 1.9
 

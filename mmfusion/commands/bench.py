@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
         from mmfusion.paths import check_output_file
 
         check_output_file(args.json, "--json")
-    from mmfusion.bench import BenchSettings, format_report, run_bench
+    from mmfusion.bench.runner import BenchSettings, format_report, run_bench
 
     settings = BenchSettings(args.train_samples, args.eval_samples, args.latency_samples, args.epochs, not args.no_onnx, args.compile, args.profile)
     result = run_bench(cfg, settings, progress=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))

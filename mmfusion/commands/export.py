@@ -19,22 +19,22 @@ def main(args: argparse.Namespace) -> int:
     import os
     import tempfile
 
-    from mmfusion.artifacts import get_run
+    from mmfusion.tracking.artifacts import get_run
     from mmfusion.errors import UserError
-    from mmfusion.runs import config_of_run
+    from mmfusion.tracking.runs import config_of_run
 
     if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance > 0):
         raise UserError(f"--tolerance must be a finite number > 0, got {args.tolerance:g}")
     import mlflow
 
-    from mmfusion.tracking import DEFAULT_URI
+    from mmfusion.tracking.session import DEFAULT_URI
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     run = get_run(args.run_id)
     cfg = config_of_run(args.run_id)
-    from mmfusion.bundle import load_predictor
+    from mmfusion.serving.bundle import load_predictor
     from mmfusion.data.datamodule import prepare_data
     from mmfusion.export import ParityError, log_onnx
 

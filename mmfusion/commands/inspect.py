@@ -20,11 +20,11 @@ def main(args: argparse.Namespace) -> int:
 
     import mlflow
 
-    from mmfusion.artifacts import check_run_id
+    from mmfusion.tracking.artifacts import check_run_id
     from mmfusion.errors import UserError
     from mmfusion.paths import check_output_dir
-    from mmfusion.inspection import build_report, format_text, write_report
-    from mmfusion.tracking import DEFAULT_URI
+    from mmfusion.analysis.inspection import build_report, format_text, write_report
+    from mmfusion.tracking.session import DEFAULT_URI
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")

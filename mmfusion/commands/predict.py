@@ -23,11 +23,11 @@ def main(args: argparse.Namespace) -> int:
 
     import mlflow
 
-    from mmfusion.artifacts import get_run, reading
+    from mmfusion.tracking.artifacts import get_run, reading
     from mmfusion.data.table import read_table
     from mmfusion.errors import UserError
     from mmfusion.paths import check_output_file
-    from mmfusion.tracking import DEFAULT_URI
+    from mmfusion.tracking.session import DEFAULT_URI
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
             predictor.check_columns(frame, args.input)
             result = predictor.predict(frame)
         else:
-            from mmfusion.bundle import load_predictor
+            from mmfusion.serving.bundle import load_predictor
             from mmfusion.data.table import check_columns, check_numeric
 
             predictor = load_predictor(args.run_id, tmp)  # safetensors + JSON/YAML, checked against the run's hashes

@@ -22,8 +22,8 @@ def main(args: argparse.Namespace) -> int:
     import math
 
     from mmfusion.errors import UserError
-    from mmfusion.reproduce import report, reproduce
-    from mmfusion.tracking import DEFAULT_URI
+    from mmfusion.jobs.reproduce import report, reproduce
+    from mmfusion.tracking.session import DEFAULT_URI
 
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise UserError(f"--tolerance must be a finite number >= 0, got {args.tolerance:g}")

@@ -22,8 +22,8 @@ def main(args: argparse.Namespace) -> int:
     import mlflow
 
     from mmfusion.errors import UserError
-    from mmfusion.runs import mark_killed, stale_runs
-    from mmfusion.tracking import DEFAULT_URI
+    from mmfusion.tracking.runs import mark_killed, stale_runs
+    from mmfusion.tracking.session import DEFAULT_URI
 
     if args.older_than is not None and not args.older_than > 0:
         raise UserError(f"--older-than must be a number of seconds > 0, got {args.older_than}")

@@ -29,20 +29,20 @@ def resume_target(target: str) -> tuple[str, str | None]:
 def main(args: argparse.Namespace) -> int:
     from mmfusion import signals
     from mmfusion.config import load_config
-    from mmfusion.hardware import describe
+    from mmfusion.training.hardware import describe
 
     signals.reset()  # one job per process: a signal recorded now stopped this job
     cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
     run_id = None
     if args.resume:
-        from mmfusion.runs import config_of_run, ensure_same_config
+        from mmfusion.tracking.runs import config_of_run, ensure_same_config
 
         run_id, uri = resume_target(args.resume)
         logged = config_of_run(run_id, uri)
         cfg = ensure_same_config(logged, cfg) if cfg is not None else logged
     elif cfg is None:
         cfg = load_config(None)
-    from mmfusion.training import train
+    from mmfusion.training.fit import train
 
     print(f"mmfusion train: fusion={cfg.model.fusion} encoder={cfg.model.text_encoder} strategy={cfg.trainer.strategy} | {describe()}")
     result = train(cfg, resume_run_id=run_id)

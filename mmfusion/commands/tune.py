@@ -17,12 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from mmfusion.config import load_config
     from mmfusion.errors import ConfigError
-    from mmfusion.hardware import describe
+    from mmfusion.training.hardware import describe
 
     cfg = load_config(args.config, args.overrides)  # config and search-space errors surface here, before any trial
     if cfg.study is None:
         raise ConfigError(f"{args.config or 'the config'} has no `study` section (see experiments/study_quickstart.yaml)")
-    from mmfusion.tuning import DEFAULT_STORAGE, run_study, safe_url
+    from mmfusion.jobs.tune import DEFAULT_STORAGE, run_study, safe_url
 
     import optuna
 

@@ -36,9 +36,9 @@ def _check_parent(cfg, run_id: str) -> None:
     """--resume names a zoo's parent run in this store (before anything starts)."""
     import mlflow
 
-    from mmfusion.artifacts import get_run
+    from mmfusion.tracking.artifacts import get_run
     from mmfusion.errors import UserError
-    from mmfusion.tracking import tracking_uri
+    from mmfusion.tracking.session import tracking_uri
 
     run = get_run(run_id, mlflow.MlflowClient(tracking_uri(cfg)))
     if run.data.tags.get("mmfusion.kind") != "zoo":
@@ -47,8 +47,8 @@ def _check_parent(cfg, run_id: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from mmfusion.config import load_config
-    from mmfusion.hardware import describe
-    from mmfusion.zoo import members, run_zoo
+    from mmfusion.training.hardware import describe
+    from mmfusion.jobs.zoo import members, run_zoo
 
     cfg = load_config(args.config, args.overrides)
     seeds = parse_seeds(args.seeds)
@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     result = run_zoo(cfg, seeds=seeds, only=only, out_dir=args.out, resume=args.resume, compare=not args.no_compare)
     print(f"parent run {result.parent_run_id}")
     if result.comparison is not None:
-        from mmfusion.comparison import to_markdown
+        from mmfusion.analysis.compare import to_markdown
 
         print(to_markdown(result.comparison))
         print(f"written to {result.out_dir} and logged to the parent run under comparison/")

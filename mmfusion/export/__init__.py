@@ -10,7 +10,7 @@ No module imports torch at import time: `predict --onnx` runs where torch is not
 
 from mmfusion.export.onnx import DYNAMIC_AXES, INPUTS, ONNX_DTYPES, OPSET, OUTPUTS, add_metadata, export_onnx, quantize_onnx, sha256_bytes, sha256_file
 from mmfusion.export.parity import ParityError, check_parity, int8_report, parity_batches, score_all
-from mmfusion.export.serving import (
+from mmfusion.serving.onnx_scorer import (
     INT8_FILE,
     INT8_MODEL_NAME,
     META_FILE,

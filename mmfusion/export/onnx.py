@@ -23,7 +23,7 @@ from mmfusion.hashing import sha256_bytes, sha256_file  # noqa: F401 (re-exporte
 if TYPE_CHECKING:
     import torch
 
-    from mmfusion.model import MultimodalClassifier
+    from mmfusion.modeling.classifier import MultimodalClassifier
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _probe(wrapper, path: Path) -> bool:
     import torch
 
     from mmfusion.export.parity import _max_abs  # here: parity and serving import this module
-    from mmfusion.export.serving import OnnxScorer
+    from mmfusion.serving.onnx_scorer import OnnxScorer
 
     try:
         session = OnnxScorer(path)

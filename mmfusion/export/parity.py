@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmfusion.export.onnx import INPUTS, _tensor
-from mmfusion.export.serving import OnnxScorer
+from mmfusion.serving.onnx_scorer import OnnxScorer
 
 if TYPE_CHECKING:
     from mmfusion.data.datamodule import Split
-    from mmfusion.model import MultimodalClassifier
+    from mmfusion.modeling.classifier import MultimodalClassifier
 
 
 class ParityError(RuntimeError):

@@ -15,12 +15,12 @@ import onnxruntime as ort
 
 from mmfusion.export.onnx import ONNX_DTYPES, OPSET, add_metadata, export_onnx, quantize_onnx, sha256_bytes, sha256_file
 from mmfusion.export.parity import ParityError, check_parity, int8_report, parity_batches
-from mmfusion.export.serving import INT8_FILE, INT8_MODEL_NAME, META_FILE, ONNX_MODEL_NAME, PARITY_FILE, PREPROCESSING_FILE, TOKENIZER_DIR, OnnxScorer
+from mmfusion.serving.onnx_scorer import INT8_FILE, INT8_MODEL_NAME, META_FILE, ONNX_MODEL_NAME, PARITY_FILE, PREPROCESSING_FILE, TOKENIZER_DIR, OnnxScorer
 
 if TYPE_CHECKING:
     from mmfusion.config import Config
     from mmfusion.data.datamodule import PreparedData
-    from mmfusion.model import MultimodalClassifier
+    from mmfusion.modeling.classifier import MultimodalClassifier
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfusion.registry import Registry
+from mmfusion.fusion.registry import Registry
 
 if TYPE_CHECKING:
     from mmfusion.config import ModelConfig

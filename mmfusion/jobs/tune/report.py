@@ -15,8 +15,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from optuna.trial import FrozenTrial, TrialState
 
 from mmfusion.config import Config, StudyConfig, flatten, to_yaml
-from mmfusion.tracking import git_sha
-from mmfusion.tuning.storage import DEFAULT_STORAGE, count, safe_url
+from mmfusion.tracking.session import git_sha
+from mmfusion.jobs.tune.storage import DEFAULT_STORAGE, count, safe_url
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from mmfusion.data.datamodule import collate
 from mmfusion.encoders import masked_chunk_mean
-from mmfusion.model import MultimodalClassifier
+from mmfusion.modeling.classifier import MultimodalClassifier
 
 
 def reference_collate(items: list[dict], max_chunks: int, chunk_len: int, pad_id: int = 0) -> dict[str, torch.Tensor]:

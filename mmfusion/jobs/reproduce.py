@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from mmfusion.config import Config
-from mmfusion.artifacts import get_run
+from mmfusion.tracking.artifacts import get_run
 from mmfusion.errors import DataError
-from mmfusion.runs import config_of_run
-from mmfusion.tracking import git_sha, library_versions
+from mmfusion.tracking.runs import config_of_run
+from mmfusion.tracking.session import git_sha, library_versions
 
 log = logging.getLogger(__name__)
 REPRODUCES_TAG = "mmfusion.reproduces"
@@ -137,7 +137,7 @@ def compare_predictions(client: mlflow.MlflowClient, original_id: str, new_id: s
 def reproduce(run_id: str, *, allow_data_change: bool = False, tracking_uri: str | None = None) -> Reproduction:
     """Train `run_id` again from its records. The original is read from, and the new run logged to, `tracking_uri`
     (default: $MLFLOW_TRACKING_URI, else MLflow's current URI), whatever `tracking.uri` the run recorded."""
-    from mmfusion.training import train
+    from mmfusion.training.fit import train
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     client = mlflow.MlflowClient(uri)

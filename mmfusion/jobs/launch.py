@@ -2,7 +2,7 @@
 
 Lightning can spawn its own workers, but if one dies its observer SIGKILLs the main process, which then cannot mark
 the run FAILED. So `train` with several devices on one node runs as a supervisor: it creates the run, starts one
-worker per device (`python -m mmfusion.distributed`, with LOCAL_RANK/MASTER_* set, exactly as torchrun would), and
+worker per device (`python -m mmfusion.jobs.launch`, with LOCAL_RANK/MASTER_* set, exactly as torchrun would), and
 watches them; if any dies, it stops the others and the run ends FAILED with the rank and exit code. SIGINT or SIGTERM
 to the supervisor is forwarded to the workers as SIGINT (Lightning's graceful stop), they get a few seconds to exit,
 and the run ends KILLED. Multi-node jobs
@@ -101,7 +101,7 @@ def run_workers(cfg: Config, run_id: str, job_dir: Path, poll_seconds: float = 0
     for rank in range(n):
         env = dict(os.environ, LOCAL_RANK=str(rank), NODE_RANK="0", RANK=str(rank), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{RUN_ID_ENV: run_id, CONFIG_ENV: str(config_file)})
-        procs.append(subprocess.Popen([sys.executable, "-m", "mmfusion.distributed"], env=env, preexec_fn=_die_with_parent))
+        procs.append(subprocess.Popen([sys.executable, "-m", "mmfusion.jobs.launch"], env=env, preexec_fn=_die_with_parent))
     try:
         while True:
             codes = [p.poll() for p in procs]
@@ -126,7 +126,7 @@ def run_workers(cfg: Config, run_id: str, job_dir: Path, poll_seconds: float = 0
 def main() -> int:
     """Worker entry point: train the config the supervisor wrote, as one rank."""
     from mmfusion.config import load_config
-    from mmfusion.training import train
+    from mmfusion.training.fit import train
 
     try:
         train(load_config(os.environ[CONFIG_ENV]))

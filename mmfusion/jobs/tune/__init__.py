@@ -14,11 +14,11 @@
   storage, logs into the same parent run. The storage URL's password is never printed or logged (`safe_url`).
 """
 
-from mmfusion.tuning.objective import Objective, StudyFull, TrialsFailing
-from mmfusion.tuning.report import log_best, log_plots, log_study_setup, study_params
-from mmfusion.tuning.space import sample_params, trial_config
-from mmfusion.tuning.storage import DEFAULT_STORAGE, PARENT_ATTR, TRIAL_ENV, engine_url, make_storage, open_study, safe_url, worker_callbacks
-from mmfusion.tuning.study import StudyResult, optimize, run_study
+from mmfusion.jobs.tune.objective import Objective, StudyFull, TrialsFailing
+from mmfusion.jobs.tune.report import log_best, log_plots, log_study_setup, study_params
+from mmfusion.jobs.tune.space import sample_params, trial_config
+from mmfusion.jobs.tune.storage import DEFAULT_STORAGE, PARENT_ATTR, TRIAL_ENV, engine_url, make_storage, open_study, safe_url, worker_callbacks
+from mmfusion.jobs.tune.study import StudyResult, optimize, run_study
 
 __all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "TRIAL_ENV", "Objective", "StudyFull", "StudyResult", "TrialsFailing", "engine_url", "log_best", "log_plots",
            "log_study_setup", "make_storage", "open_study", "optimize", "run_study", "safe_url", "sample_params", "study_params", "trial_config", "worker_callbacks"]

@@ -20,24 +20,25 @@ import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.models import infer_signature
 
-from mmfusion import distributed, signals
-from mmfusion.bundle import log_bundle_manifest, save_bundle
-from mmfusion.callbacks import Heartbeat, LastCheckpoint, MemoryReport, SamplerEpoch, resumable_checkpoint
+from mmfusion import signals
+from mmfusion.jobs import launch as distributed
+from mmfusion.serving.bundle import log_bundle_manifest, save_bundle
+from mmfusion.training.callbacks import Heartbeat, LastCheckpoint, MemoryReport, SamplerEpoch, resumable_checkpoint
 from mmfusion.config import Config
 from mmfusion.data import synthetic
 from mmfusion.data.datamodule import MultimodalDataModule, PreparedData, prepare_data
 from mmfusion.data.embedding_cache import attach_chunk_embeddings
 from mmfusion.encoders import load_text_backbone, load_tokenizer
-from mmfusion.hardware import resolve_precision
-from mmfusion.lit_module import FusionClassifierModule, check_class_weights
-from mmfusion.metrics import faithful_rows
+from mmfusion.training.hardware import resolve_precision
+from mmfusion.modeling.module import FusionClassifierModule, check_class_weights
+from mmfusion.modeling.metrics import faithful_rows
 from mmfusion.errors import ConfigError
-from mmfusion.model import MultimodalClassifier, build_model
-from mmfusion.plots import router_weights_figure
+from mmfusion.modeling.classifier import MultimodalClassifier, build_model
+from mmfusion.analysis.plots import router_weights_figure
 from mmfusion.export import log_onnx
-from mmfusion.inspection import log_weight_plots
-from mmfusion.runs import check_resumable
-from mmfusion.tracking import git_sha, log_config, mlflow_run, tracking_uri
+from mmfusion.analysis.inspection import log_weight_plots
+from mmfusion.tracking.runs import check_resumable
+from mmfusion.tracking.session import git_sha, log_config, mlflow_run, tracking_uri
 
 log = logging.getLogger(__name__)
 for _noise in (r".*module\(s\) in eval mode.*", r".*predict returned None.*", r".*smaller than the logging interval.*", r".*does not have many workers.*", r".*input example was not provided.*", r".*LeafSpec.*", r".*sync_dist=True.*"):
@@ -129,7 +130,7 @@ def train(
 
     `callbacks` join the Lightning trainer (e.g. Optuna pruning); `parent_run_id` nests the run (studies, zoo runs);
     `resume_run_id` continues that run from its last checkpoint. With several devices on one node this process
-    supervises one worker per device (`mmfusion.distributed`); in a worker, only rank 0 writes to MLflow.
+    supervises one worker per device (`mmfusion.jobs.launch`); in a worker, only rank 0 writes to MLflow.
     SIGINT and SIGTERM stop the job as `Interrupted` and its run ends KILLED (a worker of our supervisor takes SIGINT
     only: Lightning's SIGTERM handler runs a collective, and the supervisor forwards SIGINT).
     """
@@ -147,7 +148,7 @@ def _train(cfg: Config, callbacks: list[L.Callback], parent_run_id: str | None, 
     check_class_weights(cfg.optim, len(data.preprocessor.classes))
     if worker:  # a worker of our supervisor
         if os.environ.get("MMFUSION_OPTUNA_TRIAL"):  # a study's trial: every rank adds its pruning callback
-            from mmfusion.tuning import worker_callbacks
+            from mmfusion.jobs.tune import worker_callbacks
 
             callbacks = [*callbacks, *worker_callbacks()]
         return _fit(cfg, data, tokenizer, os.environ[distributed.RUN_ID_ENV], list(callbacks), resume=bool(resume_run_id or os.environ.get(RESUME_ENV)))
@@ -287,9 +288,9 @@ def _log_outputs(cfg: Config, frames: dict[str, pd.DataFrame], module: FusionCla
             bundle = save_bundle(tmp / "bundle", cfg, module.model, data.preprocessor, tokenizer)
             mlflow.pyfunc.log_model(
                 name="model",
-                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                python_model=str(Path(__file__).parents[1] / "serving" / "pyfunc.py"),
                 artifacts={"bundle": str(bundle)},
-                code_paths=[str(Path(__file__).parent)],
+                code_paths=[str(Path(__file__).parents[1])],
                 signature=infer_signature(data.splits["test"].frame.head(5)[_input_columns(data)], frames["test"].head(5)[_output_columns(frames["test"])]),
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "transformers", "safetensors", "pandas", "pyyaml", "pydantic", "lightning", "torchmetrics", "scikit-learn"],
             )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from mmfusion.artifacts import ArtifactError, reading
+from mmfusion.tracking.artifacts import ArtifactError, reading
 from mmfusion.errors import DataError
 from mmfusion.export.onnx import ONNX_DTYPES, sha256_bytes, sha256_file
 

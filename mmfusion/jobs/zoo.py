@@ -18,7 +18,7 @@ import mlflow
 
 from mmfusion.config import Config, ZooConfig, build_config, resolved_dict, to_yaml
 from mmfusion.errors import ConfigError
-from mmfusion.tracking import git_sha, library_versions, mlflow_run
+from mmfusion.tracking.session import git_sha, library_versions, mlflow_run
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def members(cfg: Config, seeds: list[int] | None = None, only: list[str] | None 
 
 def run_zoo(cfg: Config, *, seeds: list[int] | None = None, only: list[str] | None = None, out_dir: str | Path | None = None, resume: str | None = None, compare: bool = True) -> ZooResult:
     """Train every member under one parent run (`resume`: a parent whose finished members are kept), then compare."""
-    from mmfusion.training import train
+    from mmfusion.training.fit import train
 
     todo = members(cfg, seeds, only)
     zoo = cfg.zoo or ZooConfig()
@@ -89,7 +89,7 @@ def run_zoo(cfg: Config, *, seeds: list[int] | None = None, only: list[str] | No
             gc.collect()
         out = ZooResult(parent_id, run_ids)
         if compare:
-            from mmfusion import comparison
+            from mmfusion.analysis import compare as comparison
 
             notes: list[str] = []
             runs = comparison.runs_table(comparison.find_runs(parent=parent_id), notes=notes)

@@ -9,7 +9,7 @@ import pandas as pd
 
 class MMFusionModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from mmfusion.bundle import Predictor
+        from mmfusion.serving.bundle import Predictor
 
         self.predictor = Predictor(context.artifacts["bundle"])
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mmfusion.artifacts import check_run_id
+from mmfusion.tracking.artifacts import check_run_id
 from mmfusion.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ def to_markdown(cmp: Comparison) -> str:
 
 def metrics_figure(cmp: Comparison):
     """One panel per metric: bars = mean, error bars = 95% interval, dots = the seeds."""
-    from mmfusion.plots import plt
+    from mmfusion.analysis.plots import plt
 
     labels = cmp.summary["variant"].tolist()
     x = np.arange(len(labels))
@@ -320,7 +320,7 @@ def weights_frame(runs: pd.DataFrame, dst: Path) -> pd.DataFrame:
 
 def weights_figure(weights: pd.DataFrame, order: list[str]):
     """w_text on the test set per variant (pooled over seeds), split by the truly informative modality if known."""
-    from mmfusion.plots import plt
+    from mmfusion.analysis.plots import plt
 
     groups = [("text", "tab:green"), ("tab", "tab:purple")] if "true_modality" in weights and weights["true_modality"].isin(["text", "tab"]).any() else [(None, "tab:blue")]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(order) + 2), 4.6), constrained_layout=True)
@@ -353,7 +353,7 @@ def weights_figure(weights: pd.DataFrame, order: list[str]):
 
 def write(cmp: Comparison, out_dir: str | Path, weights: pd.DataFrame | None = None) -> list[Path]:
     """comparison.md, summary.csv, tests.csv, runs.csv, metrics.png and (with predictions) w_text.png."""
-    from mmfusion.plots import plt
+    from mmfusion.analysis.plots import plt
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,6 @@ class Heartbeat(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            from mmfusion.tracking import beat
+            from mmfusion.tracking.session import beat
 
             beat(self.run_id)

@@ -15,14 +15,14 @@ from mmfusion.config import Config
 from mmfusion.data.datamodule import PreparedData, prepare_data
 from mmfusion.encoders import load_tokenizer
 from mmfusion.errors import ConfigError
-from mmfusion.lit_module import check_class_weights
-from mmfusion.metrics import TAB, TEXT
+from mmfusion.modeling.module import check_class_weights
+from mmfusion.modeling.metrics import TAB, TEXT
 
 ALWAYS = ("loss", "accuracy", "f1_macro", "faithfulness")  # FusionClassifierModule logs these for any data
 
 
 def producible_metrics(data: PreparedData) -> set[str]:
-    """The `val_*` metrics FusionClassifierModule logs for this data (see its `_finish` and mmfusion.metrics)."""
+    """The `val_*` metrics FusionClassifierModule logs for this data (see its `_finish` and mmfusion.modeling.metrics)."""
     val = data.splits["val"]
     names = set(ALWAYS)
     if len(np.unique(val.labels)) >= 2:  # AUROC needs both classes among the validation labels

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy, multiclass_auroc, multiclass_f1_score
 
-from mmfusion.model import blank_modalities
+from mmfusion.modeling.classifier import blank_modalities
 
 TEXT, TAB = 1, 0  # modality codes (see data.datamodule.MODALITY_CODES)
 

@@ -12,14 +12,15 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from mmfusion import distributed, signals
+from mmfusion import signals
+from mmfusion.jobs import launch as distributed
 from mmfusion.config import Config, StudyConfig
 from mmfusion.errors import ConfigError, UserError
-from mmfusion.tracking import mlflow_run, tracking_uri
-from mmfusion.tuning.checks import check_study
-from mmfusion.tuning.objective import AfterTrial, FailureLimit, Objective, ignore_further_signals, raise_if_stopped
-from mmfusion.tuning.report import ParentLog, log_best, log_plots, log_study_setup, parent_tags
-from mmfusion.tuning.storage import DEFAULT_STORAGE, FINISHED, PARENT_ATTR, count, fail_stale, open_study
+from mmfusion.tracking.session import mlflow_run, tracking_uri
+from mmfusion.jobs.tune.checks import check_study
+from mmfusion.jobs.tune.objective import AfterTrial, FailureLimit, Objective, ignore_further_signals, raise_if_stopped
+from mmfusion.jobs.tune.report import ParentLog, log_best, log_plots, log_study_setup, parent_tags
+from mmfusion.jobs.tune.storage import DEFAULT_STORAGE, FINISHED, PARENT_ATTR, count, fail_stale, open_study
 
 log = logging.getLogger(__name__)
 

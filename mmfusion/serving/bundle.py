@@ -24,14 +24,14 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from mmfusion.artifacts import ArtifactError, reading
+from mmfusion.tracking.artifacts import ArtifactError, reading
 from mmfusion.config import Config, build_config, to_yaml
 from mmfusion.data.chunking import DialogueChunker
 from mmfusion.data.datamodule import collate
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
 from mmfusion.export.onnx import sha256_file
-from mmfusion.model import MultimodalClassifier, build_model
+from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 
 
 def save_bundle(path: str | Path, cfg: Config, model: MultimodalClassifier, pre: TabularPreprocessor, tokenizer) -> Path:
@@ -81,7 +81,7 @@ def download_bundle(run_id: str, dst: str | Path) -> Path:
 
     import mlflow
 
-    from mmfusion.artifacts import get_run
+    from mmfusion.tracking.artifacts import get_run
     from mmfusion.export import logged_model_id
 
     run = get_run(run_id)

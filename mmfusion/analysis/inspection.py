@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from mmfusion.config import Config
     from mmfusion.data.datamodule import PreparedData, Split
     from mmfusion.data.tabular import TabularPreprocessor
-    from mmfusion.lit_module import FusionClassifierModule
-    from mmfusion.model import MultimodalClassifier
+    from mmfusion.modeling.module import FusionClassifierModule
+    from mmfusion.modeling.classifier import MultimodalClassifier
 
 SNIPPET_CHARS = 100
 
@@ -41,7 +41,7 @@ def gate_by_dimension(model: "MultimodalClassifier", split: "Split", pad_id: int
     from torch.utils.data import DataLoader
 
     from mmfusion.data.datamodule import SplitDataset, collate
-    from mmfusion.lit_module import MODEL_INPUTS
+    from mmfusion.modeling.module import MODEL_INPUTS
 
     gates: list[torch.Tensor] = []
     hook = model.fusion.gate.register_forward_hook(lambda mod, inp, out: gates.append(torch.sigmoid(out.float()).cpu()))
@@ -61,7 +61,7 @@ def gate_by_dimension(model: "MultimodalClassifier", split: "Split", pad_id: int
 
 def weight_figures(frames: dict[str, pd.DataFrame], fusion: str, epoch_weights: list | None = None, gate: tuple[np.ndarray, np.ndarray, str] | None = None) -> dict:
     """name -> matplotlib figure, beside router_weights.png (by split, class, informative modality)."""
-    from mmfusion import plots
+    from mmfusion.analysis import plots
 
     figures = {"w_text_correct_vs_wrong": plots.correctness_figure(frames, fusion)}
     if epoch_weights:
@@ -185,7 +185,7 @@ def modality_auroc(frame: pd.DataFrame) -> float | None:
     import torch
 
     from mmfusion.data.datamodule import MODALITY_CODES
-    from mmfusion.metrics import attribution_auroc
+    from mmfusion.modeling.metrics import attribution_auroc
 
     codes = torch.tensor(frame["true_modality"].map(MODALITY_CODES).fillna(-1).to_numpy(np.int64))
     return attribution_auroc(torch.tensor(frame["w_text"].to_numpy(np.float32)), codes)
@@ -210,10 +210,10 @@ def build_report(run_id: str, top: int = 10) -> Report:
     import mlflow
     import yaml
 
-    from mmfusion.artifacts import get_run, reading
+    from mmfusion.tracking.artifacts import get_run, reading
     from mmfusion.config import build_config
     from mmfusion.data.tabular import TabularPreprocessor
-    from mmfusion import plots
+    from mmfusion.analysis import plots
 
     client = mlflow.MlflowClient()
     run = get_run(run_id, client)

@@ -18,13 +18,14 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from mmfusion import distributed, signals
+from mmfusion import signals
+from mmfusion.jobs import launch as distributed
 from mmfusion.config import Config
 from mmfusion.errors import Interrupted, UserError
-from mmfusion.tracking import tracking_uri
-from mmfusion.training import train
-from mmfusion.tuning.space import sample_params, trial_config
-from mmfusion.tuning.storage import FINISHED, TRIAL_ENV, max_resource, trial_run
+from mmfusion.tracking.session import tracking_uri
+from mmfusion.training.fit import train
+from mmfusion.jobs.tune.space import sample_params, trial_config
+from mmfusion.jobs.tune.storage import FINISHED, TRIAL_ENV, max_resource, trial_run
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Objective:
         pruning = PyTorchLightningPruningCallback(trial, monitor=sc.metric) if sc.pruner.name != "none" else None
         if not distributed.needs_supervisor(cfg):
             result = train(cfg, callbacks=[pruning] if pruning else [], parent_run_id=self.parent_id, extra_tags=tags)
-        else:  # worker processes build their own callback from this (mmfusion.training reads it)
+        else:  # worker processes build their own callback from this (mmfusion.training.fit reads it)
             if pruning:
                 os.environ[TRIAL_ENV] = json.dumps({"storage": self.storage_url, "study": sc.study_name, "trial_id": trial._trial_id, "metric": sc.metric,
                                                     "pruner": sc.pruner.model_dump(), "max_resource": max_resource(self.cfg)})

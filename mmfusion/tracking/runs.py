@@ -14,7 +14,7 @@ import yaml
 
 from mmfusion.config import Config, build_config, flatten, resolved_dict
 from mmfusion.errors import ConfigError, UserError
-from mmfusion.tracking import DEFAULT_URI, HEARTBEAT_TAG, HOST_TAG, PID_TAG
+from mmfusion.tracking.session import DEFAULT_URI, HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
 
 def config_of_run(run_id: str, tracking_uri: str | None = None, client: mlflow.MlflowClient | None = None) -> Config:
@@ -93,7 +93,7 @@ def check_resumable(run_id: str, tracking_uri: str, checkpoint_dir: Path) -> Pat
     A KILLED or FAILED run, or a RUNNING one whose owner is gone, continues; a FINISHED one has nothing to resume.
     -> the complete checkpoint to resume from.
     """
-    from mmfusion.callbacks import resumable_checkpoint
+    from mmfusion.training.callbacks import resumable_checkpoint
 
     client = mlflow.MlflowClient(tracking_uri)
     try:

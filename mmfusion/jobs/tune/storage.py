@@ -20,7 +20,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from mmfusion.config import Config, PrunerConfig, SamplerConfig, StudyConfig
 from mmfusion.errors import ConfigError
-from mmfusion.tracking import tracking_uri
+from mmfusion.tracking.session import tracking_uri
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///optuna.db"

@@ -16,8 +16,8 @@ from transformers import get_scheduler
 
 from mmfusion.config import OptimConfig
 from mmfusion.errors import ConfigError
-from mmfusion.metrics import attribution_auroc, classification_metrics, faithfulness, modality_drops
-from mmfusion.model import ModelOutput, MultimodalClassifier, blank_modalities
+from mmfusion.modeling.metrics import attribution_auroc, classification_metrics, faithfulness, modality_drops
+from mmfusion.modeling.classifier import ModelOutput, MultimodalClassifier, blank_modalities
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings")
 

@@ -36,11 +36,11 @@ from mmfusion.data.datamodule import Split, SplitDataset, collate, prepare_data
 from mmfusion.data.sampler import bucketed_loader
 from mmfusion.encoders import load_text_backbone, load_tokenizer
 from mmfusion.errors import ConfigError
-from mmfusion.hardware import cpu_name, describe, resolve_precision
-from mmfusion.lit_module import MODEL_INPUTS
-from mmfusion.metrics import classification_metrics
-from mmfusion.model import MultimodalClassifier, build_model
-from mmfusion.reference import reference_collate, reference_model
+from mmfusion.training.hardware import cpu_name, describe, resolve_precision
+from mmfusion.modeling.module import MODEL_INPUTS
+from mmfusion.modeling.metrics import classification_metrics
+from mmfusion.modeling.classifier import MultimodalClassifier, build_model
+from mmfusion.bench.reference import reference_collate, reference_model
 
 MEMORY_METHOD = "peak RSS added by the phase: Linux VmHWM reset at its start (/proc/self/clear_refs), after gc + malloc_trim"
 

@@ -1,0 +1,1 @@
+"""Jobs on top of the training core: train, launch (supervisor/worker), tune, zoo, reproduce."""

@@ -1,0 +1,1 @@
+"""The network: encoders + fusion + head (`classifier`), its LightningModule (`module`) and metrics."""
