@@ -21,11 +21,12 @@ from scipy import stats
 
 from mmfusion.tracking.artifacts import check_run_id
 from mmfusion.errors import UserError
+from mmfusion.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
 COSTS = ["n_params", "n_trainable_params", "n_fusion_params", "train_seconds", "train_samples_per_second"]
-LABEL_TAG, FUSION_TAG, FINGERPRINT_TAG = "mmfusion.zoo.label", "mmfusion.fusion", "mmfusion.data_fingerprint"
-REPRODUCES_TAG, STUDY_TAG = "mmfusion.reproduces", "mmfusion.study"
+LABEL_TAG, FUSION_TAG, FINGERPRINT_TAG = Tag.ZOO_LABEL, Tag.FUSION, Tag.DATA_FINGERPRINT
+REPRODUCES_TAG, STUDY_TAG = Tag.REPRODUCES, Tag.STUDY
 
 
 @dataclass
@@ -383,7 +384,7 @@ def log_comparison(out_dir: str | Path, cmp: Comparison, into_run: str | None = 
         client.log_artifacts(into_run, str(out_dir), "comparison")
         return into_run
     experiment_id = client.get_run(cmp.runs["run_id"].iloc[0]).info.experiment_id
-    run = client.create_run(experiment_id, run_name="compare", tags={"mmfusion.kind": "comparison", "mmfusion.compared_runs": ",".join(cmp.runs["run_id"])[:5000]})
+    run = client.create_run(experiment_id, run_name="compare", tags={Tag.KIND: "comparison", Tag.COMPARED_RUNS: ",".join(cmp.runs["run_id"])[:5000]})
     try:
         client.log_artifacts(run.info.run_id, str(out_dir), "comparison")
     except BaseException:

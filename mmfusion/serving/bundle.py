@@ -32,6 +32,7 @@ from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
 from mmfusion.export.onnx import sha256_file
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
+from mmfusion.tracking.contract import Tag
 
 
 def save_bundle(path: str | Path, cfg: Config, model: MultimodalClassifier, pre: TabularPreprocessor, tokenizer) -> Path:
@@ -46,7 +47,7 @@ def save_bundle(path: str | Path, cfg: Config, model: MultimodalClassifier, pre:
     return path
 
 
-MANIFEST_TAG = "mmfusion.bundle_sha256"  # JSON {relative path: sha256} of the logged bundle
+MANIFEST_TAG = Tag.BUNDLE_SHA256  # JSON {relative path: sha256} of the logged bundle
 
 
 def bundle_manifest(path: str | Path) -> dict[str, str]:
