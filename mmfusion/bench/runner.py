@@ -251,7 +251,8 @@ def measure_onnx(model: MultimodalClassifier, items: list[dict], pad_id: int, se
     transformer optimizer (fused, fp32 and int8). Batch-1 latency, batch-64 throughput, memory, accuracy on the
     batch-64 set and agreement with the fp32 export."""
     try:
-        from mmfusion.export import OnnxScorer, export_onnx, quantize_onnx
+        from mmfusion.export.onnx import export_onnx, quantize_onnx
+        from mmfusion.serving.onnx_scorer import OnnxScorer
     except ImportError as err:
         return {"skipped": f"mmfusion.export is not available ({err}); ONNX figures not measured"}
     model = model.eval()
@@ -312,7 +313,7 @@ def profile_onnx(path: Path, batches: list[dict], threads: int, top: int = 10) -
 
     import onnxruntime as ort
 
-    from mmfusion.export import OnnxScorer
+    from mmfusion.serving.onnx_scorer import OnnxScorer
 
     opts = ort.SessionOptions()
     opts.enable_profiling, opts.intra_op_num_threads, opts.inter_op_num_threads = True, threads, 1
