@@ -60,7 +60,7 @@ def test_reference_and_optimized_paths_agree_on_the_same_weights(tiny_data, fusi
 
 
 def test_peak_rss_sees_an_allocation():
-    from mmfusion.bench.runner import PeakRSS
+    from mmfusion.bench.memory import PeakRSS
 
     with PeakRSS() as mem:
         block = torch.ones(64, 2**20)  # 256 MiB, touched
