@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mmfusion.errors import DataError
+from mmfusion.tracking.contract import Tag
 
 if TYPE_CHECKING:
     from mmfusion.config import Config
@@ -184,10 +185,10 @@ def modality_auroc(frame: pd.DataFrame) -> float | None:
         return None
     import torch
 
-    from mmfusion.data.datamodule import MODALITY_CODES
+    from mmfusion.tracking.contract import MODALITY_CODES, UNKNOWN_MODALITY
     from mmfusion.modeling.metrics import attribution_auroc
 
-    codes = torch.tensor(frame["true_modality"].map(MODALITY_CODES).fillna(-1).to_numpy(np.int64))
+    codes = torch.tensor(frame["true_modality"].map(MODALITY_CODES).fillna(UNKNOWN_MODALITY).to_numpy(np.int64))
     return attribution_auroc(torch.tensor(frame["w_text"].to_numpy(np.float32)), codes)
 
 
@@ -245,7 +246,7 @@ def build_report(run_id: str, top: int = 10) -> Report:
     if split not in frames:
         raise DataError(f"run {run_id}: no predictions/test.csv or predictions/val.csv")
     frame = frames[split]
-    rows, notes = source_rows(cfg, run.data.tags.get("mmfusion.data_fingerprint"))
+    rows, notes = source_rows(cfg, run.data.tags.get(Tag.DATA_FINGERPRINT))
     if not png:  # an older run without logged plots: draw what the predictions allow
         import io
 

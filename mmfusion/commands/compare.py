@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
 
     from mmfusion.analysis import compare as comparison
     from mmfusion.paths import check_output_dir
-    from mmfusion.tracking.session import DEFAULT_URI
+    from mmfusion.tracking.contract import DEFAULT_URI
 
     check_output_dir(args.out, "--out")
     mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mmfusion.tracking.contract import Tag
+
 HELP = "export a trained run's model to ONNX, prove it equals PyTorch on held-out batches, and log it to the run"
 
 
@@ -27,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--tolerance must be a finite number > 0, got {args.tolerance:g}")
     import mlflow
 
-    from mmfusion.tracking.session import DEFAULT_URI
+    from mmfusion.tracking.contract import DEFAULT_URI
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
@@ -42,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
         predictor = load_predictor(args.run_id, tmp)
         seed = cfg.data.split_seed if getattr(cfg.data, "split_seed", None) is not None else cfg.seed
         data = prepare_data(cfg.data, seed, predictor.tokenizer)  # held-out batches for the parity check
-        if data.fingerprint != run.data.tags.get("mmfusion.data_fingerprint"):
+        if data.fingerprint != run.data.tags.get(Tag.DATA_FINGERPRINT):
             print("warning: the data changed since the run was trained; parity is checked on today's held-out rows")
         try:  # everything is checked before anything is logged: a failed export leaves the run as it was
             report = log_onnx(cfg, predictor.model, data, predictor.tokenizer, quantize=args.quantize or cfg.export.quantize, tolerance=args.tolerance, into_run=args.run_id)

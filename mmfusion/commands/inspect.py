@@ -16,22 +16,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import os
-
     import mlflow
 
     from mmfusion.tracking.artifacts import check_run_id
     from mmfusion.errors import UserError
     from mmfusion.paths import check_output_dir
     from mmfusion.analysis.inspection import build_report, format_text, write_report
-    from mmfusion.tracking.session import DEFAULT_URI
+    from mmfusion.tracking.contract import tracking_uri, use_store
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
     check_run_id(args.run_id)
     out_dir = check_output_dir(args.output or f"inspect_{args.run_id}", "--output")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    use_store(tracking_uri(flag=args.tracking_uri))
     report = build_report(args.run_id, args.top)
     print(format_text(report))
     path = write_report(report, out_dir)

@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
     from mmfusion.data.table import read_table
     from mmfusion.errors import UserError
     from mmfusion.paths import check_output_file
-    from mmfusion.tracking.session import DEFAULT_URI
+    from mmfusion.tracking.contract import DEFAULT_URI
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)

@@ -15,24 +15,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import os
-
-    import mlflow
-
     import math
 
     from mmfusion.errors import UserError
     from mmfusion.jobs.reproduce import report, reproduce
-    from mmfusion.tracking.session import DEFAULT_URI
+    from mmfusion.tracking.contract import tracking_uri, use_store
 
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise UserError(f"--tolerance must be a finite number >= 0, got {args.tolerance:g}")
 
-    # read the original and write the new run in the same store, whatever the recorded tracking.uri says (env wins)
-    os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    rep = reproduce(args.run_id, allow_data_change=args.allow_data_change)
+    # read the original and write the new run in the same store, whatever the recorded tracking.uri says
+    uri = use_store(tracking_uri(flag=args.tracking_uri))
+    rep = reproduce(args.run_id, allow_data_change=args.allow_data_change, tracking_uri=uri)
     print(report(rep))
     ok = rep.within(args.tolerance)
     print(f"reproduced within {args.tolerance:g}: {'yes' if ok else 'no'}")

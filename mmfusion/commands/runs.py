@@ -17,17 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import os
-
     import mlflow
 
     from mmfusion.errors import UserError
     from mmfusion.tracking.runs import mark_killed, stale_runs
-    from mmfusion.tracking.session import DEFAULT_URI
+    from mmfusion.tracking.contract import tracking_uri
 
     if args.older_than is not None and not args.older_than > 0:
         raise UserError(f"--older-than must be a number of seconds > 0, got {args.older_than}")
-    client = mlflow.MlflowClient(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    client = mlflow.MlflowClient(tracking_uri(flag=args.tracking_uri))
     stale = stale_runs(client, args.experiment, args.older_than)
     for run, why in stale:
         if args.mark_killed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mmfusion.cli import add_config_arguments
+from mmfusion.tracking.contract import Tag
 
 HELP = "train every fusion variant of a zoo config for the same seeds, data and budget, then compare them"
 
@@ -38,10 +39,10 @@ def _check_parent(cfg, run_id: str) -> None:
 
     from mmfusion.tracking.artifacts import get_run
     from mmfusion.errors import UserError
-    from mmfusion.tracking.session import tracking_uri
+    from mmfusion.tracking.contract import tracking_uri
 
     run = get_run(run_id, mlflow.MlflowClient(tracking_uri(cfg)))
-    if run.data.tags.get("mmfusion.kind") != "zoo":
+    if run.data.tags.get(Tag.KIND) != "zoo":
         raise UserError(f"--resume {run_id}: not a zoo's parent run (its tag mmfusion.kind is {run.data.tags.get('mmfusion.kind')!r}, not 'zoo')")
 
 

@@ -24,7 +24,7 @@ from mmfusion.data.table import check_columns, check_labels, check_numeric, read
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
 
-MODALITY_CODES = {"tab": 0, "text": 1, "both": 2}  # -1: unknown (real data)
+from mmfusion.tracking.contract import MODALITY_CODES, UNKNOWN_MODALITY
 SPLITS = ("train", "val", "test")
 
 
@@ -127,7 +127,7 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
     for name, part in parts.items():
         part = part.reset_index(drop=True)
         numeric, categorical = pre.transform(part)
-        modality = part[synthetic.MODALITY_COLUMN].map(MODALITY_CODES).fillna(-1).to_numpy(np.int64) if has_modality else np.full(len(part), -1)
+        modality = part[synthetic.MODALITY_COLUMN].map(MODALITY_CODES).fillna(UNKNOWN_MODALITY).to_numpy(np.int64) if has_modality else np.full(len(part), UNKNOWN_MODALITY)
         splits[name] = Split(
             frame=part,
             ids=part[cols["id"]].astype(str).tolist(),

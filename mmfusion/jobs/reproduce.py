@@ -26,9 +26,9 @@ from mmfusion.tracking.artifacts import get_run
 from mmfusion.errors import DataError
 from mmfusion.tracking.runs import config_of_run
 from mmfusion.tracking.session import git_sha, library_versions
+from mmfusion.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
-REPRODUCES_TAG = "mmfusion.reproduces"
 UNCHECKED = ("train_seconds", "train_samples_per_second")  # wall-clock figures; per-rank memory (rank*_mb) likewise
 
 
@@ -77,7 +77,7 @@ def recorded_config(client: mlflow.MlflowClient, run_id: str) -> Config:
 def check_environment(client: mlflow.MlflowClient, run) -> list[str]:
     """Warnings for a different code version or different library versions than the run recorded."""
     warnings = []
-    then, now = run.data.tags.get("mmfusion.git_sha", "unknown"), git_sha()
+    then, now = run.data.tags.get(Tag.GIT_SHA, "unknown"), git_sha()
     if then != now:
         warnings.append(f"code differs: the run was recorded at git {then}, this checkout is {now}")
     elif now.endswith("-dirty"):
@@ -97,7 +97,7 @@ def check_data(cfg: Config, run, allow_change: bool) -> list[str]:
     from mmfusion.data.datamodule import prepare_data
     from mmfusion.encoders import load_tokenizer
 
-    recorded = run.data.tags.get("mmfusion.data_fingerprint")
+    recorded = run.data.tags.get(Tag.DATA_FINGERPRINT)
     now = prepare_data(cfg.data, cfg.seed, load_tokenizer(cfg.model.text_encoder)).fingerprint
     if recorded == now:
         return []
@@ -147,7 +147,7 @@ def reproduce(run_id: str, *, allow_data_change: bool = False, tracking_uri: str
     for w in warnings:
         log.warning(w)
     with _tracking_env(uri):
-        result = train(cfg, extra_tags={REPRODUCES_TAG: run_id})
+        result = train(cfg, extra_tags={Tag.REPRODUCES: run_id})
     new = client.get_run(result.run_id)
     missing = sorted(set(run.data.metrics) - set(new.data.metrics))
     if run.info.status != "FINISHED":
@@ -156,7 +156,7 @@ def reproduce(run_id: str, *, allow_data_change: bool = False, tracking_uri: str
         warnings.append(f"metrics the original logged and the reproduction did not: {', '.join(missing)}")
     rep = Reproduction(run_id, result.run_id, warnings, compare_metrics(run.data.metrics, new.data.metrics), compare_predictions(client, run_id, result.run_id))
     client.log_dict(result.run_id, {"original": run_id, "warnings": warnings, "max_metric_diff": rep.max_metric_diff, "predictions": rep.predictions, "metrics": rep.metrics.to_dict("records")}, "reproduction.json")
-    client.set_tag(result.run_id, "mmfusion.reproduction.max_metric_diff", f"{rep.max_metric_diff:.3g}")
+    client.set_tag(result.run_id, Tag.REPRODUCTION_MAX_DIFF, f"{rep.max_metric_diff:.3g}")
     return rep
 
 

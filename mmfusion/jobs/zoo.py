@@ -19,6 +19,7 @@ import mlflow
 from mmfusion.config import Config, ZooConfig, build_config, resolved_dict, to_yaml
 from mmfusion.errors import ConfigError
 from mmfusion.tracking.session import git_sha, library_versions, mlflow_run
+from mmfusion.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def run_zoo(cfg: Config, *, seeds: list[int] | None = None, only: list[str] | No
     todo = members(cfg, seeds, only)
     zoo = cfg.zoo or ZooConfig()
     parent_cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"run_name": cfg.tracking.run_name or "zoo"})})
-    tags = {"mmfusion.kind": "zoo", "mmfusion.git_sha": git_sha(), "mmfusion.zoo.members": str(len(todo))}
+    tags = {Tag.KIND: "zoo", Tag.GIT_SHA: git_sha(), Tag.ZOO_MEMBERS: str(len(todo))}
     with mlflow_run(parent_cfg, tags, run_id=resume) as parent:
         parent_id = parent.info.run_id
         done = _finished_members(parent_id) if resume else {}
@@ -81,7 +82,7 @@ def run_zoo(cfg: Config, *, seeds: list[int] | None = None, only: list[str] | No
                 print(f"[{i}/{len(todo)}] {m.label} seed={m.seed}: kept {done[(m.label, m.seed)]}")
                 continue
             started = time.perf_counter()
-            result = train(m.cfg, parent_run_id=parent_id, extra_tags={"mmfusion.zoo.label": m.label, "mmfusion.zoo.seed": str(m.seed), "mmfusion.zoo.parent": parent_id})
+            result = train(m.cfg, parent_run_id=parent_id, extra_tags={Tag.ZOO_LABEL: m.label, Tag.ZOO_SEED: str(m.seed), Tag.ZOO_PARENT: parent_id})
             run_ids.append(result.run_id)
             shown = ", ".join(f"{k}={result.metrics[k]:.4f}" for k in zoo.metrics if k in result.metrics)
             print(f"[{i}/{len(todo)}] {m.label} seed={m.seed}: {shown} ({time.perf_counter() - started:.1f} s, run {result.run_id})", flush=True)

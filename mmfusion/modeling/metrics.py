@@ -8,7 +8,7 @@ from torchmetrics.functional.classification import binary_auroc, multiclass_accu
 
 from mmfusion.modeling.classifier import blank_modalities
 
-TEXT, TAB = 1, 0  # modality codes (see data.datamodule.MODALITY_CODES)
+from mmfusion.tracking.contract import TAB, TEXT
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> dict[str, float]:

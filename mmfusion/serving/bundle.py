@@ -33,6 +33,7 @@ from mmfusion.hashing import sha256_file
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.tracking.artifacts import ArtifactError, get_run, reading
+from mmfusion.tracking.contract import Tag
 
 
 def save_bundle(path: str | Path, cfg: Config, model: MultimodalClassifier, pre: TabularPreprocessor, tokenizer) -> Path:
@@ -47,7 +48,7 @@ def save_bundle(path: str | Path, cfg: Config, model: MultimodalClassifier, pre:
     return path
 
 
-MANIFEST_TAG = "mmfusion.bundle_sha256"  # JSON {relative path: sha256} of the logged bundle
+MANIFEST_TAG = Tag.BUNDLE_SHA256  # JSON {relative path: sha256} of the logged bundle
 
 
 def bundle_manifest(path: str | Path) -> dict[str, str]:

@@ -23,6 +23,7 @@ from mmfusion.errors import DataError
 from mmfusion.hashing import sha256_bytes, sha256_file
 from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.tracking.artifacts import ArtifactError, reading
+from mmfusion.tracking.contract import Tag
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -156,7 +157,7 @@ class OnnxPredictor:
         pre_file = artifacts / PREPROCESSING_FILE
         pre_text = pre_file.read_text() if pre_file.is_file() else ""
         self.scorer = OnnxScorer(model_path, threads)
-        expected = self.scorer.metadata.get("mmfusion.preprocessing_sha256")
+        expected = self.scorer.metadata.get(Tag.PREPROCESSING_SHA256)
         if sha256_bytes(pre_text.encode()) != expected:
             raise ArtifactError(f"{name(pre_file, 'onnx/')}: does not match the preprocessing the ONNX model was exported with (sha256 mismatch)")
         self.pre = TabularPreprocessor.load(pre_file)

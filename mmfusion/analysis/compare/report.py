@@ -11,6 +11,7 @@ import pandas as pd
 from mmfusion.analysis.compare.figures import metrics_figure, weights_figure
 from mmfusion.analysis.compare.runs import weights_frame
 from mmfusion.analysis.compare.stats import Comparison, compare
+from mmfusion.tracking.contract import Tag
 
 
 def _pm(row: pd.Series, col: str, digits: int = 3) -> str:
@@ -83,7 +84,7 @@ def log_comparison(out_dir: str | Path, cmp: Comparison, into_run: str | None = 
         client.log_artifacts(into_run, str(out_dir), "comparison")
         return into_run
     experiment_id = client.get_run(cmp.runs["run_id"].iloc[0]).info.experiment_id
-    run = client.create_run(experiment_id, run_name="compare", tags={"mmfusion.kind": "comparison", "mmfusion.compared_runs": ",".join(cmp.runs["run_id"])[:5000]})
+    run = client.create_run(experiment_id, run_name="compare", tags={Tag.KIND: "comparison", Tag.COMPARED_RUNS: ",".join(cmp.runs["run_id"])[:5000]})
     try:
         client.log_artifacts(run.info.run_id, str(out_dir), "comparison")
     except BaseException:

@@ -11,10 +11,11 @@ import pandas as pd
 
 from mmfusion.errors import UserError
 from mmfusion.tracking.artifacts import check_run_id
+from mmfusion.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
-LABEL_TAG, FUSION_TAG, FINGERPRINT_TAG = "mmfusion.zoo.label", "mmfusion.fusion", "mmfusion.data_fingerprint"
-REPRODUCES_TAG, STUDY_TAG = "mmfusion.reproduces", "mmfusion.study"
+LABEL_TAG, FUSION_TAG, FINGERPRINT_TAG = Tag.ZOO_LABEL, Tag.FUSION, Tag.DATA_FINGERPRINT
+REPRODUCES_TAG, STUDY_TAG = Tag.REPRODUCES, Tag.STUDY
 
 
 def find_runs(*, experiment: str | None = None, parent: str | None = None, study: str | None = None, run_ids: list[str] | None = None) -> pd.DataFrame:

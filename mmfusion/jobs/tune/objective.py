@@ -22,10 +22,11 @@ from mmfusion import signals
 from mmfusion.jobs import launch as distributed
 from mmfusion.config import Config
 from mmfusion.errors import Interrupted, UserError
-from mmfusion.tracking.session import tracking_uri
+from mmfusion.tracking.contract import tracking_uri
 from mmfusion.training.fit import train
 from mmfusion.jobs.tune.space import sample_params, trial_config
 from mmfusion.jobs.tune.storage import FINISHED, TRIAL_ENV, max_resource, trial_run
+from mmfusion.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,10 @@ class Objective:
                 trial.study.stop()
                 raise StudyFull(f"not run: the study already has {sc.n_trials} finished or running trials")
         params: dict[str, Any] = {}
-        tags = {"mmfusion.study": sc.study_name, "mmfusion.trial_number": str(trial.number)}
+        tags = {Tag.STUDY: sc.study_name, Tag.TRIAL_NUMBER: str(trial.number)}
         try:
             params = sample_params(trial, sc.search_space)
-            tags["mmfusion.trial_params"] = json.dumps(params)
+            tags[Tag.TRIAL_PARAMS] = json.dumps(params)
             result = self._train(trial, trial_config(self.cfg, params, trial.number), tags)
             if sc.metric not in result.metrics:
                 raise ValueError(f"the trial logged no {sc.metric} (logged: {', '.join(sorted(result.metrics))})")
@@ -138,11 +139,11 @@ class Objective:
             return  # the signal came after `train` had ended its run: a finished run is not changed
         trial.set_user_attr("mlflow_run_id", run_id)
         if status == "KILLED":
-            if "mmfusion.error" in run.data.tags:  # train ended it FAILED (a pruning callback or Lightning's sys.exit)
-                self.client.delete_tag(run_id, "mmfusion.error")
-            self.client.set_tag(run_id, "mmfusion.stopped_by" if stopped else "mmfusion.pruned", reason)
+            if Tag.ERROR in run.data.tags:  # train ended it FAILED (a pruning callback or Lightning's sys.exit)
+                self.client.delete_tag(run_id, Tag.ERROR)
+            self.client.set_tag(run_id, Tag.STOPPED_BY if stopped else Tag.PRUNED, reason)
         else:
-            self.client.set_tag(run_id, "mmfusion.error", reason[:5000])
+            self.client.set_tag(run_id, Tag.ERROR, reason[:5000])
         if run.info.status != status:
             self.client.set_terminated(run_id, status)
 

@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mmfusion.config import Config, StudyConfig, flatten, to_yaml
 from mmfusion.tracking.session import git_sha
 from mmfusion.jobs.tune.storage import DEFAULT_STORAGE, count, safe_url
+from mmfusion.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def redacted(cfg: Config) -> Config:
 
 
 def parent_tags(sc: StudyConfig) -> dict[str, str]:
-    return {"mmfusion.study": sc.study_name, "mmfusion.role": "study", "mmfusion.storage": safe_url(sc.storage or DEFAULT_STORAGE), "mmfusion.git_sha": git_sha()}
+    return {Tag.STUDY: sc.study_name, Tag.ROLE: "study", Tag.STORAGE: safe_url(sc.storage or DEFAULT_STORAGE), Tag.GIT_SHA: git_sha()}
 
 
 def study_params(sc: StudyConfig) -> dict[str, Any]:
@@ -74,10 +75,10 @@ def log_best(client: MlflowClient, study: optuna.Study, parent_id: str, step: in
     client.log_metric(parent_id, "best_value", best.value, step=step)
     for key in [k for k in parent.data.tags if k.startswith("best.") and k[5:] not in best.params]:
         client.delete_tag(parent_id, key)  # a conditional parameter of an earlier best
-    tags = {"mmfusion.best_trial": str(best.number), "mmfusion.best_value": f"{best.value:.6g}", **{f"best.{k}": str(v) for k, v in best.params.items()}}
+    tags = {Tag.BEST_TRIAL: str(best.number), Tag.BEST_VALUE: f"{best.value:.6g}", **{f"best.{k}": str(v) for k, v in best.params.items()}}
     link = ""
     if run_id:
-        tags.update({"mmfusion.best_run_id": run_id, "mmfusion.best_run_uri": f"runs:/{run_id}"})
+        tags.update({Tag.BEST_RUN_ID: run_id, Tag.BEST_RUN_URI: f"runs:/{run_id}"})
         link = f", run [{run_id}](#/experiments/{parent.info.experiment_id}/runs/{run_id})"
     tags[MLFLOW_RUN_NOTE] = (f"Best trial **#{best.number}** of study `{study.study_name}`: {study.direction.name.lower()}d value "
                              f"{best.value:.4f}{link}\n\nParams: `{json.dumps(best.params)}`")

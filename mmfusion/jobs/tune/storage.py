@@ -20,7 +20,8 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from mmfusion.config import Config, PrunerConfig, SamplerConfig, StudyConfig
 from mmfusion.errors import ConfigError
-from mmfusion.tracking.session import tracking_uri
+from mmfusion.tracking.contract import tracking_uri
+from mmfusion.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -156,7 +157,7 @@ class _StaleTrial:
         client = MlflowClient(self.tracking)
         run = trial_run(client, parent, trial.number) if parent else None
         if run is not None and run.info.status in ("RUNNING", "SCHEDULED"):
-            client.set_tag(run.info.run_id, "mmfusion.error", "the worker stopped (no heartbeat): trial failed and re-queued")
+            client.set_tag(run.info.run_id, Tag.ERROR, "the worker stopped (no heartbeat): trial failed and re-queued")
             client.set_terminated(run.info.run_id, "FAILED")
         log.warning("trial %d: its worker stopped sending heartbeats; failed and re-queued", trial.number)
         self.retry(study, trial)

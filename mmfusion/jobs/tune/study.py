@@ -16,7 +16,8 @@ from mmfusion import signals
 from mmfusion.jobs import launch as distributed
 from mmfusion.config import Config, StudyConfig
 from mmfusion.errors import ConfigError, UserError
-from mmfusion.tracking.session import mlflow_run, tracking_uri
+from mmfusion.tracking.contract import tracking_uri
+from mmfusion.tracking.session import mlflow_run
 from mmfusion.jobs.tune.checks import check_study
 from mmfusion.jobs.tune.objective import AfterTrial, FailureLimit, Objective, ignore_further_signals, raise_if_stopped
 from mmfusion.jobs.tune.report import ParentLog, log_best, log_plots, log_study_setup, parent_tags
