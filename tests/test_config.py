@@ -69,6 +69,50 @@ def test_there_are_experiments():
     assert QUICKSTART in EXPERIMENTS
 
 
+def test_extends_merges_sections_and_replaces_lists(tmp_path):
+    write_yaml(tmp_path / "base.yaml", {"seed": 3, "model": {"fusion": "gate", "dropout": 0.2}, "data": {"numeric_columns": ["a", "b"]}})
+    (tmp_path / "sub").mkdir()
+    child = write_yaml(tmp_path / "sub" / "child.yaml", {"extends": "../base.yaml", "model": {"dropout": 0.3}, "data": {"numeric_columns": ["c"]}})
+    cfg = load_config(child, ["seed=5"])
+    assert cfg.model.fusion == "gate" and cfg.model.dropout == 0.3  # merged key by key, the child wins
+    assert cfg.data.numeric_columns == ["c"]  # a list is replaced, not appended to
+    assert cfg.seed == 5  # overrides beat both files
+
+
+def test_extends_several_parents_in_order(tmp_path):
+    write_yaml(tmp_path / "a.yaml", {"seed": 1, "trainer": {"max_epochs": 4}})
+    write_yaml(tmp_path / "b.yaml", {"seed": 2})
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", {"extends": ["a.yaml", "b.yaml"]}))
+    assert cfg.seed == 2 and cfg.trainer.max_epochs == 4
+
+
+def test_extends_missing_parent_names_both_files(tmp_path):
+    child = write_yaml(tmp_path / "child.yaml", {"extends": "nope.yaml"})
+    with pytest.raises(ConfigError, match=r"nope\.yaml.*does not exist \(extended by .*child\.yaml"):
+        load_config(child)
+
+
+def test_extends_cycle_is_an_error(tmp_path):
+    write_yaml(tmp_path / "a.yaml", {"extends": "b.yaml"})
+    write_yaml(tmp_path / "b.yaml", {"extends": "a.yaml"})
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("bad", [3, [], [""], {"x": 1}])
+def test_extends_must_name_files(tmp_path, bad):
+    with pytest.raises(ConfigError, match="`extends` must be a file name"):
+        load_config(write_yaml(tmp_path / "c.yaml", {"extends": bad}))
+
+
+def test_recipe_is_a_delta_of_the_attribution_benchmark():
+    """attribution_recipe.yaml holds only what differs; its members train what the benchmark's data and budget say."""
+    recipe, bench = load_config(ROOT / "experiments" / "attribution_recipe.yaml"), load_config(ROOT / "experiments" / "attribution.yaml")
+    assert "extends" in (ROOT / "experiments" / "attribution_recipe.yaml").read_text()
+    assert (recipe.seed, recipe.data, recipe.trainer, recipe.optim, recipe.export) == (bench.seed, bench.data, bench.trainer, bench.optim, bench.export)
+    assert recipe.tracking.experiment == "attribution-recipe" and len(recipe.zoo.members()) == 4
+
+
 def test_resolved_dict_rebuilds_the_config(tmp_path):
     cfg = load_config(QUICKSTART, ["model.fusion=gate"])
     again = load_config(write_yaml(tmp_path / "resolved.yaml", resolved_dict(cfg)))
