@@ -68,7 +68,7 @@ class Ctx:
         return path
 
     def model_dir(self, name: str) -> Path:
-        from mmfusion.export import logged_model_id
+        from mmfusion.serving.logged_models import logged_model_id
 
         client = mlflow.MlflowClient()
         return _local(client.get_logged_model(logged_model_id(self.run_id, name)).artifact_location)

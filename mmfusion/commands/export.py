@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+
 from mmfusion.tracking.contract import Tag
 
 HELP = "export a trained run's model to ONNX, prove it equals PyTorch on held-out batches, and log it to the run"

@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     get_run(args.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         if args.onnx:  # onnxruntime, numpy, pandas and `tokenizers` only: no torch, no PyTorch weights
-            from mmfusion.export import OnnxPredictor, download_onnx
+            from mmfusion.serving.onnx_scorer import OnnxPredictor, download_onnx
 
             model_path, artifacts = download_onnx(args.run_id, tmp, int8=args.int8)
             with reading(f"run {args.run_id}", "its ONNX artifacts (onnx/)"):

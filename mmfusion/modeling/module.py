@@ -36,6 +36,21 @@ def transformer_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     return []
 
 
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: the pretrained encoder at `encoder_lr`, the rest at `lr`; no weight decay
+    on biases and norm weights. The one optimizer of training and of `mmfusion bench`."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        encoder = name.startswith("text_encoder.")
+        decay = p.ndim >= 2  # no weight decay on biases and norm weights
+        key = (encoder, decay)
+        groups.setdefault(key, {"params": [], "lr": optim.encoder_lr if encoder else optim.lr, "weight_decay": optim.weight_decay if decay else 0.0})
+        groups[key]["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()))
+
+
 class FusionClassifierModule(L.LightningModule):
     def __init__(self, model: MultimodalClassifier, optim: OptimConfig, n_classes: int, modality_dropout: float = 0.0) -> None:
         super().__init__()
@@ -170,16 +185,7 @@ class FusionClassifierModule(L.LightningModule):
     # ---- optimisation ----------------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        groups = {}
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            encoder = name.startswith("text_encoder.")
-            decay = p.ndim >= 2  # no weight decay on biases and norm weights
-            key = (encoder, decay)
-            groups.setdefault(key, {"params": [], "lr": self.optim.encoder_lr if encoder else self.optim.lr, "weight_decay": self.optim.weight_decay if decay else 0.0})
-            groups[key]["params"].append(p)
-        optimizer = torch.optim.AdamW(list(groups.values()))
+        optimizer = build_optimizer(self.model, self.optim)
         total = int(self.trainer.estimated_stepping_batches)
         name = "linear" if self.optim.schedule == "linear" else "constant_with_warmup"
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(self.optim.warmup_fraction * total), num_training_steps=total)
