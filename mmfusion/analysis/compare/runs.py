@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import mlflow
@@ -11,7 +10,7 @@ import pandas as pd
 
 from mmfusion.errors import UserError
 from mmfusion.tracking.artifacts import check_run_id
-from mmfusion.tracking.contract import Tag
+from mmfusion.tracking.contract import Tag, predictions_path
 
 log = logging.getLogger(__name__)
 LABEL_TAG, FUSION_TAG, FINGERPRINT_TAG = Tag.ZOO_LABEL, Tag.FUSION, Tag.DATA_FINGERPRINT
@@ -109,11 +108,10 @@ def runs_table(df: pd.DataFrame, *, group_by: str | None = None, include_reprodu
 
 def weights_frame(runs: pd.DataFrame, dst: Path) -> pd.DataFrame:
     """Every run's test predictions (w_text, true_modality) with its variant label."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run is noise here
     frames = []
     for row in runs.itertuples():
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=row.run_id, artifact_path="predictions/test.csv", dst_path=str(dst / row.run_id))
+            path = mlflow.artifacts.download_artifacts(run_id=row.run_id, artifact_path=predictions_path("test"), dst_path=str(dst / row.run_id))
         except Exception as err:  # an old or failed run without predictions: leave it out of the figure
             log.warning("run %s: no predictions/test.csv (%s)", row.run_id, str(err).splitlines()[0])
             continue
