@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from mmfusion.config.base import Strict
 
 
-STUDY_METRICS = ("val_loss", "val_accuracy", "val_f1_macro", "val_auroc", "val_attribution_auroc", "val_faithfulness")
+STUDY_METRICS = ("val_loss", "val_accuracy", "val_f1_macro", "val_balanced_accuracy", "val_auroc", "val_attribution_auroc", "val_faithfulness")
 Choice = str | bool | int | float | None
 
 
