@@ -34,7 +34,7 @@ def _local(uri: str) -> Path:
 def finished(tiny_bert, mlflow_module_uri) -> str:
     """One tiny FINISHED run with an ONNX export and a bundle: the run every row that reads a run points at."""
     from mmfusion.config import load_config
-    from mmfusion.training.fit import train
+    from mmfusion.jobs.train import train
 
     return train(load_config(None, [f"model.text_encoder={tiny_bert}", *TINY])).run_id
 

@@ -20,7 +20,7 @@ from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.errors import ConfigError
 from mmfusion.modeling.metrics import classification_metrics
 from mmfusion.tracking.runs import ensure_same_config
-from mmfusion.training.fit import train
+from mmfusion.jobs.train import train
 
 pytestmark = pytest.mark.slow
 FSDP = ["trainer.strategy=fsdp", "trainer.devices=2", "trainer.accelerator=cpu"]

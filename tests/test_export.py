@@ -29,7 +29,7 @@ from mmfusion.serving.onnx_scorer import OnnxPredictor, OnnxScorer, download_onn
 from mmfusion.tracking.artifacts import ArtifactError
 from mmfusion.fusion import list_fusions
 from mmfusion.modeling.classifier import build_model
-from mmfusion.training.fit import train
+from mmfusion.jobs.train import train
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import torch
 from mmfusion.training.callbacks import LastCheckpoint, resumable_checkpoint
 from mmfusion.cli import main as cli
 from mmfusion.config import load_config, to_yaml
-from mmfusion.training.fit import train
+from mmfusion.jobs.train import train
 
 
 @pytest.fixture

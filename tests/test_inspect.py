@@ -15,7 +15,7 @@ from mmfusion.config import load_config
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.analysis.inspection import build_report, gate_by_dimension, strongest_tabular, weight_figures
 from mmfusion.analysis.plots import plt
-from mmfusion.training.fit import train
+from mmfusion.jobs.train import train
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "inspect_modality_weights.ipynb"
 

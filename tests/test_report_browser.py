@@ -13,7 +13,7 @@ import pytest
 
 from mmfusion.cli import main as cli
 from mmfusion.config import load_config
-from mmfusion.training.fit import train
+from mmfusion.jobs.train import train
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)")]

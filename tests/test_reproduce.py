@@ -140,7 +140,7 @@ def mlflow_server(tmp_path, monkeypatch):
 
 def test_reproduce_against_a_tracking_server(mlflow_server, cheap, tmp_path):
     from mmfusion.config import load_config
-    from mmfusion.training.fit import train
+    from mmfusion.jobs.train import train
 
     original = train(load_config(None, [*cheap, "model.fusion=gate", "model.freeze_text_encoder=true"])).run_id
     rep = reproduce(original)

@@ -20,7 +20,7 @@ from mmfusion import cli, signals
 from mmfusion.config import load_config
 from mmfusion.data import synthetic
 from mmfusion.errors import Interrupted
-from mmfusion.training.fit import TrainResult
+from mmfusion.jobs.train import TrainResult
 from mmfusion.jobs.tune import PARENT_ATTR, log_study_setup
 from mmfusion.jobs.tune.report import parent_tags
 from mmfusion.jobs.tune.storage import redact, safe_url

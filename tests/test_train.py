@@ -13,7 +13,7 @@ import pytest
 from mmfusion.config import load_config
 from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.errors import ConfigError
-from mmfusion.training.fit import train
+from mmfusion.jobs.train import train
 
 
 def runs(uri: str) -> pd.DataFrame:
@@ -75,7 +75,8 @@ def test_text_only_table(mlflow_uri, tiny_overrides, tmp_path):
     pd.DataFrame({"msg": [f"Buyer: {words[y]}\nSeller: ok" if i % 9 else "" for i, y in enumerate(labels)], "y": [f"c{y}" for y in labels]}).to_csv(tmp_path / "t.csv", index=False)
     cfg = load_config(None, [*tiny_overrides, "data.source=table", f"data.path={tmp_path / 't.csv'}", "data.text_column=msg", "data.label_column=y", "model.fusion=gate"])
     result = train(cfg)
-    assert result.metrics["test_accuracy"] >= 0.0
+    test = result.predictions
+    assert result.metrics["test_accuracy"] == pytest.approx((test["label"] == test["pred"]).mean(), abs=1e-6)
     assert set(result.predictions.columns) >= {"prob_c0", "prob_c1", "prob_c2"} and "true_modality" not in result.predictions.columns
     assert runs(mlflow_uri)["status"].tolist() == ["FINISHED"]
 
@@ -84,7 +85,7 @@ def test_failure_ends_the_run_failed(mlflow_uri, tiny_overrides, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("mmfusion.training.fit._log_outputs", boom)
+    monkeypatch.setattr("mmfusion.jobs.train.log_outputs", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         train(load_config(None, tiny_overrides))
     df = runs(mlflow_uri)

@@ -18,10 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resume_target(target: str) -> tuple[str, str | None]:
     """-> (run id, tracking URI recorded by the job or None) for a run id, a job folder or a path inside it."""
+    from mmfusion.jobs.train import RUN_FILE
+
     path = Path(target)
     for folder in (path, *path.parents) if path.exists() else ():
-        if (folder / "run.json").is_file():
-            info = json.loads((folder / "run.json").read_text())
+        if (folder / RUN_FILE).is_file():
+            info = json.loads((folder / RUN_FILE).read_text())
             return info["run_id"], info.get("tracking_uri")
     return target, None
 
@@ -33,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
 
     signals.reset()  # one job per process: a signal recorded now stopped this job
     cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
-    run_id = None
+    run_id = uri = None
     if args.resume:
         from mmfusion.tracking.runs import config_of_run, ensure_same_config
 
@@ -42,10 +44,11 @@ def main(args: argparse.Namespace) -> int:
         cfg = ensure_same_config(logged, cfg) if cfg is not None else logged
     elif cfg is None:
         cfg = load_config(None)
-    from mmfusion.training.fit import train
+    from mmfusion.jobs.train import train
 
     print(f"mmfusion train: fusion={cfg.model.fusion} encoder={cfg.model.text_encoder} strategy={cfg.trainer.strategy} | {describe()}")
-    result = train(cfg, resume_run_id=run_id)
-    shown = {k: round(v, 4) for k, v in sorted(result.metrics.items()) if k.startswith(("val_", "test_"))}
-    print(f"run {result.run_id}: {shown}")
+    result = train(cfg, resume_run_id=run_id, tracking_uri=uri)  # a resumed run continues in the store it was read from
+    if result.run_id is not None:  # not on ranks other than 0 of a torchrun job (rank 0 owns the run)
+        shown = {k: round(v, 4) for k, v in sorted(result.metrics.items()) if k.startswith(("val_", "test_"))}
+        print(f"run {result.run_id}: {shown}")
     return 0

@@ -1,12 +1,17 @@
 """Multi-process jobs on one machine: a supervisor that owns the MLflow run and N worker processes.
 
 Lightning can spawn its own workers, but if one dies its observer SIGKILLs the main process, which then cannot mark
-the run FAILED. So `train` with several devices on one node runs as a supervisor: it creates the run, starts one
-worker per device (`python -m mmfusion.jobs.launch`, with LOCAL_RANK/MASTER_* set, exactly as torchrun would), and
-watches them; if any dies, it stops the others and the run ends FAILED with the rank and exit code. SIGINT or SIGTERM
-to the supervisor is forwarded to the workers as SIGINT (Lightning's graceful stop), they get a few seconds to exit,
-and the run ends KILLED. Multi-node jobs
-are started by torchrun or the cluster's launcher instead (see README); rank 0 owns the run there.
+the run FAILED. So `train` with several devices on one node runs as a supervisor: it creates the run, writes the job
+file (`Job`, JSON) into the job folder, and starts one worker per device, `python -m mmfusion.jobs.worker JOBFILE`,
+with LOCAL_RANK/RANK/WORLD_SIZE/MASTER_* set exactly as torchrun would (torch's launcher protocol; nothing else comes
+through the environment). It watches them; if any dies, it stops the others and the run ends FAILED with the rank and
+exit code. SIGINT or SIGTERM to the supervisor is forwarded to the workers as SIGINT (Lightning's graceful stop), they
+get a few seconds to exit, and the run ends KILLED.
+
+Result: rank 0 of the workers logs the outputs into the run (left RUNNING for the supervisor to end) and hands its
+metrics and test predictions back with `write_result`; the supervisor reads them with `read_result`.
+
+Multi-node jobs are started by torchrun or the cluster's launcher instead (see README); rank 0 owns the run there.
 """
 
 from __future__ import annotations
@@ -18,16 +23,41 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from mmfusion.config import Config, to_yaml
+from mmfusion.training.hardware import devices_per_node
 
-RUN_ID_ENV = "MMFUSION_RUN_ID"  # set for workers: the supervisor's MLflow run
-CONFIG_ENV = "MMFUSION_CONFIG_FILE"  # set for workers: the resolved config to train
+JOB_FILE, CONFIG_FILE = "job.json", "config.yaml"
+RESULT_FILE, RESULT_PREDICTIONS = "result.json", "result_test.csv"
 
 
 class WorkerFailed(RuntimeError):
     pass
+
+
+@dataclass
+class Job:
+    """What a worker trains, in one file: the resolved config, the run it logs into, and how."""
+
+    config: str  # path of the resolved config (YAML)
+    run_id: str
+    tracking_uri: str
+    job_dir: str  # the run's folder: checkpoints/, the result
+    resume: bool = False  # continue from job_dir/checkpoints
+    trial: dict[str, Any] | None = None  # a study's trial to report to for pruning (`jobs.tune.storage.trial_spec`)
+
+    def write(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Job":
+        return cls(**json.loads(Path(path).read_text()))
 
 
 def global_rank() -> int:
@@ -42,16 +72,19 @@ def launched_externally() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
-def devices_per_node(cfg: Config) -> int:
-    return cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
-
-
-def world_size(cfg: Config) -> int:
-    return devices_per_node(cfg) * cfg.trainer.num_nodes
-
-
 def needs_supervisor(cfg: Config) -> bool:
     return devices_per_node(cfg) > 1 and cfg.trainer.num_nodes == 1 and not launched_externally()
+
+
+def write_result(job_dir: Path, metrics: dict[str, float], predictions: pd.DataFrame) -> None:
+    """Rank 0 of the workers: the job's metrics and test predictions, for the supervisor."""
+    predictions.to_csv(job_dir / RESULT_PREDICTIONS, index=False)
+    (job_dir / RESULT_FILE).write_text(json.dumps({"metrics": metrics, "predictions": RESULT_PREDICTIONS}))
+
+
+def read_result(job_dir: Path) -> tuple[dict[str, float], pd.DataFrame]:
+    raw = json.loads((job_dir / RESULT_FILE).read_text())
+    return raw["metrics"], pd.read_csv(job_dir / raw["predictions"])
 
 
 def _die_with_parent() -> None:
@@ -86,22 +119,23 @@ def _stop(procs: list[subprocess.Popen], grace_seconds: float) -> None:
         time.sleep(0.1)
 
 
-def run_workers(cfg: Config, run_id: str, job_dir: Path, poll_seconds: float = 0.5, grace_seconds: float = 10.0) -> dict:
-    """Start one worker per device, wait for all; any failure stops the rest and raises WorkerFailed. An interrupt
-    (`Interrupted`, KeyboardInterrupt) is passed on to the workers, who get `grace_seconds` to stop, then re-raised.
-
-    -> the result rank 0 wrote to `job_dir/result.json`.
-    """
+def run_workers(cfg: Config, run_id: str, tracking_uri: str, job_dir: Path, *, resume: bool = False, trial: dict | None = None,
+                poll_seconds: float = 0.5, grace_seconds: float = 10.0) -> tuple[dict[str, float], pd.DataFrame]:
+    """Write the job file, start one worker per device, wait for all; any failure stops the rest and raises
+    WorkerFailed. An interrupt (`Interrupted`, KeyboardInterrupt) is passed on to the workers, who get `grace_seconds`
+    to stop, then re-raised. -> (metrics, test predictions) from rank 0 (`read_result`)."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    config_file = job_dir / "config.yaml"
-    config_file.write_text(to_yaml(cfg))
+    for stale in (RESULT_FILE, RESULT_PREDICTIONS):  # an earlier attempt's (a resumed job)
+        (job_dir / stale).unlink(missing_ok=True)
+    (job_dir / CONFIG_FILE).write_text(to_yaml(cfg))
+    job_file = Job(str(job_dir / CONFIG_FILE), run_id, tracking_uri, str(job_dir), resume, trial).write(job_dir / JOB_FILE)
     n = int(cfg.trainer.devices)
     port = _free_port()
     procs = []
     for rank in range(n):
         env = dict(os.environ, LOCAL_RANK=str(rank), NODE_RANK="0", RANK=str(rank), WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **{RUN_ID_ENV: run_id, CONFIG_ENV: str(config_file)})
-        procs.append(subprocess.Popen([sys.executable, "-m", "mmfusion.jobs.launch"], env=env, preexec_fn=_die_with_parent))
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", "mmfusion.jobs.worker", str(job_file)], env=env, preexec_fn=_die_with_parent))
     try:
         while True:
             codes = [p.poll() for p in procs]
@@ -120,20 +154,4 @@ def run_workers(cfg: Config, run_id: str, job_dir: Path, poll_seconds: float = 0
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return json.loads((job_dir / "result.json").read_text())
-
-
-def main() -> int:
-    """Worker entry point: train the config the supervisor wrote, as one rank."""
-    from mmfusion.config import load_config
-    from mmfusion.training.fit import train
-
-    try:
-        train(load_config(os.environ[CONFIG_ENV]))
-    except KeyboardInterrupt as err:  # stopped by the supervisor: it reports the interrupt, once
-        return getattr(err, "exit_code", 130)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return read_result(job_dir)

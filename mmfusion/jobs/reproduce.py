@@ -7,26 +7,26 @@ and the library versions (differences are warnings). The new run is tagged `mmfu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import numpy as np
 import pandas as pd
 
 from mmfusion.config import Config
+from mmfusion.data.datamodule import prepare_data
+from mmfusion.encoders import load_tokenizer
 from mmfusion.tracking.artifacts import get_run
 from mmfusion.errors import DataError
+from mmfusion.jobs.train import train
 from mmfusion.tracking.runs import config_of_run
 from mmfusion.tracking.session import git_sha, library_versions
-from mmfusion.tracking.contract import Tag
+from mmfusion.tracking.contract import Artifact, Tag, predictions_path, tracking_uri as resolve_uri
 
 log = logging.getLogger(__name__)
 UNCHECKED = ("train_seconds", "train_samples_per_second")  # wall-clock figures; per-rank memory (rank*_mb) likewise
@@ -56,20 +56,6 @@ def _read(client: mlflow.MlflowClient, run_id: str, path: str, reader=Path.read_
         return reader(Path(client.download_artifacts(run_id, path, tmp)))
 
 
-@contextlib.contextmanager
-def _tracking_env(uri: str) -> Iterator[None]:
-    """MLFLOW_TRACKING_URI = uri for the duration: inside `train` it wins over the recorded tracking.uri."""
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
-
-
 def recorded_config(client: mlflow.MlflowClient, run_id: str) -> Config:
     return config_of_run(run_id, client=client)
 
@@ -83,9 +69,9 @@ def check_environment(client: mlflow.MlflowClient, run) -> list[str]:
     elif now.endswith("-dirty"):
         warnings.append(f"code at {now}: uncommitted changes then and now cannot be compared")
     try:
-        recorded = json.loads(_read(client, run.info.run_id, "environment.json"))
+        recorded = json.loads(_read(client, run.info.run_id, Artifact.ENVIRONMENT))
     except Exception:
-        return warnings + ["the run recorded no environment.json: library versions not checked"]
+        return warnings + [f"the run recorded no {Artifact.ENVIRONMENT}: library versions not checked"]
     current = library_versions()
     diffs = [f"{k} {recorded.get(k, 'not recorded')} -> {current.get(k, 'not checked')}" for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k)]
     if diffs:
@@ -94,9 +80,6 @@ def check_environment(client: mlflow.MlflowClient, run) -> list[str]:
 
 
 def check_data(cfg: Config, run, allow_change: bool) -> list[str]:
-    from mmfusion.data.datamodule import prepare_data
-    from mmfusion.encoders import load_tokenizer
-
     recorded = run.data.tags.get(Tag.DATA_FINGERPRINT)
     now = prepare_data(cfg.data, cfg.seed, load_tokenizer(cfg.model.text_encoder)).fingerprint
     if recorded == now:
@@ -119,10 +102,10 @@ def compare_metrics(original: dict[str, float], reproduced: dict[str, float]) ->
 def compare_predictions(client: mlflow.MlflowClient, original_id: str, new_id: str) -> dict:
     """Test predictions of both runs, matched by id: same ids, same predicted classes, largest difference in values."""
     try:
-        a = _read(client, original_id, "predictions/test.csv", pd.read_csv)
+        a = _read(client, original_id, predictions_path("test"), pd.read_csv)
     except Exception:
-        return {"note": "the original run has no predictions/test.csv"}
-    b = _read(client, new_id, "predictions/test.csv", pd.read_csv)
+        return {"note": f"the original run has no {predictions_path('test')}"}
+    b = _read(client, new_id, predictions_path("test"), pd.read_csv)
     a, b = a.sort_values("id").reset_index(drop=True), b.sort_values("id").reset_index(drop=True)
     same_ids = len(a) == len(b) and (a["id"].astype(str) == b["id"].astype(str)).all()
     out = {"rows": len(a), "same_ids": bool(same_ids)}
@@ -136,18 +119,16 @@ def compare_predictions(client: mlflow.MlflowClient, original_id: str, new_id: s
 
 def reproduce(run_id: str, *, allow_data_change: bool = False, tracking_uri: str | None = None) -> Reproduction:
     """Train `run_id` again from its records. The original is read from, and the new run logged to, `tracking_uri`
-    (default: $MLFLOW_TRACKING_URI, else MLflow's current URI), whatever `tracking.uri` the run recorded."""
-    from mmfusion.training.fit import train
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    (default: `contract.tracking_uri()`: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db), whatever `tracking.uri` the
+    run recorded."""
+    uri = resolve_uri(flag=tracking_uri)
     client = mlflow.MlflowClient(uri)
     run = get_run(run_id, client)
     cfg = recorded_config(client, run_id)
     warnings = check_environment(client, run) + check_data(cfg, run, allow_data_change)
     for w in warnings:
         log.warning(w)
-    with _tracking_env(uri):
-        result = train(cfg, extra_tags={Tag.REPRODUCES: run_id})
+    result = train(cfg, extra_tags={Tag.REPRODUCES: run_id}, tracking_uri=uri)
     new = client.get_run(result.run_id)
     missing = sorted(set(run.data.metrics) - set(new.data.metrics))
     if run.info.status != "FINISHED":
@@ -155,7 +136,7 @@ def reproduce(run_id: str, *, allow_data_change: bool = False, tracking_uri: str
     if missing:
         warnings.append(f"metrics the original logged and the reproduction did not: {', '.join(missing)}")
     rep = Reproduction(run_id, result.run_id, warnings, compare_metrics(run.data.metrics, new.data.metrics), compare_predictions(client, run_id, result.run_id))
-    client.log_dict(result.run_id, {"original": run_id, "warnings": warnings, "max_metric_diff": rep.max_metric_diff, "predictions": rep.predictions, "metrics": rep.metrics.to_dict("records")}, "reproduction.json")
+    client.log_dict(result.run_id, {"original": run_id, "warnings": warnings, "max_metric_diff": rep.max_metric_diff, "predictions": rep.predictions, "metrics": rep.metrics.to_dict("records")}, Artifact.REPRODUCTION)
     client.set_tag(result.run_id, Tag.REPRODUCTION_MAX_DIFF, f"{rep.max_metric_diff:.3g}")
     return rep
 

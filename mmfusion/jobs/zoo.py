@@ -18,6 +18,7 @@ import mlflow
 
 from mmfusion.config import Config, ZooConfig, build_config, resolved_dict, to_yaml
 from mmfusion.errors import ConfigError
+from mmfusion.jobs.train import train
 from mmfusion.tracking.session import git_sha, library_versions, mlflow_run
 from mmfusion.tracking.contract import Tag
 
@@ -63,8 +64,6 @@ def members(cfg: Config, seeds: list[int] | None = None, only: list[str] | None 
 
 def run_zoo(cfg: Config, *, seeds: list[int] | None = None, only: list[str] | None = None, out_dir: str | Path | None = None, resume: str | None = None, compare: bool = True) -> ZooResult:
     """Train every member under one parent run (`resume`: a parent whose finished members are kept), then compare."""
-    from mmfusion.training.fit import train
-
     todo = members(cfg, seeds, only)
     zoo = cfg.zoo or ZooConfig()
     parent_cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"run_name": cfg.tracking.run_name or "zoo"})})

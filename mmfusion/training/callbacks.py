@@ -1,5 +1,5 @@
 """Lightning callbacks of our own: per-rank memory accounting, epoch checkpoints written atomically, the batch
-sampler's epoch (for exact resumes), the heartbeat."""
+sampler's epoch (for exact resumes). The run's heartbeat is MLflow's business: `mmfusion.jobs.train.Heartbeat`."""
 
 from __future__ import annotations
 
@@ -186,16 +186,3 @@ class SamplerEpoch(L.Callback):
         batches = getattr(trainer.train_dataloader, "batch_sampler", None)
         if callable(getattr(batches, "set_epoch", None)):
             batches.set_epoch(trainer.current_epoch)
-
-
-class Heartbeat(L.Callback):
-    """Rank 0 stamps the run's heartbeat tag at each epoch's end (`runs --stale` compares it with a threshold)."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            from mmfusion.tracking.session import beat
-
-            beat(self.run_id)

@@ -1,4 +1,5 @@
-"""What this machine can do, detected at run time (CPU models vary between machines)."""
+"""What this machine can do, detected at run time (CPU models vary between machines), and how many processes a
+config's trainer asks for."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import platform
 from pathlib import Path
 
 import torch
+
+from mmfusion.config import Config
 
 
 def cpu_name() -> str:
@@ -44,3 +47,12 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 def describe() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"CPU: {cpu_name()} ({torch.get_num_threads()} threads, bf16 {'yes' if bf16_supported('cpu') else 'no'}); {gpu}"
+
+
+def devices_per_node(cfg: Config) -> int:
+    return cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+
+
+def world_size(cfg: Config) -> int:
+    """Processes in the job: devices per node x nodes."""
+    return devices_per_node(cfg) * cfg.trainer.num_nodes

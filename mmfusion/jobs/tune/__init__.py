@@ -4,7 +4,7 @@
   when an earlier categorical parameter took one of the listed values (per-fusion parameters).
 - Before the first trial (`checks`): the data loads and `study.metric` can be computed on it; otherwise one error.
 - Pruning: optuna-integration's Lightning callback reports `study.metric` every epoch. In one process it raises
-  inside `fit`; in a multi-process trial every worker adds it (`worker_callbacks`), rank 0 reports, and the decision
+  inside `fit`; in a multi-process trial every worker adds it (`trial_callbacks`, from the trial's spec in its job file), rank 0 reports, and the decision
   comes back through the RDB storage: `check_pruned()` after `train` returns. This process alone owns the study.
 - Crashes (`storage`): trials run inside `Study.optimize` with RDB heartbeats; a trial whose worker died is failed (its
   MLflow run too) and re-queued with the same parameters; the study stops at exactly `n_trials` complete + pruned.
@@ -17,8 +17,8 @@
 from mmfusion.jobs.tune.objective import Objective, StudyFull, TrialsFailing
 from mmfusion.jobs.tune.report import log_best, log_plots, log_study_setup, study_params
 from mmfusion.jobs.tune.space import sample_params, trial_config
-from mmfusion.jobs.tune.storage import DEFAULT_STORAGE, PARENT_ATTR, TRIAL_ENV, engine_url, make_storage, open_study, safe_url, worker_callbacks
+from mmfusion.jobs.tune.storage import DEFAULT_STORAGE, PARENT_ATTR, engine_url, make_storage, open_study, safe_url, trial_callbacks, trial_spec
 from mmfusion.jobs.tune.study import StudyResult, optimize, run_study
 
-__all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "TRIAL_ENV", "Objective", "StudyFull", "StudyResult", "TrialsFailing", "engine_url", "log_best", "log_plots",
-           "log_study_setup", "make_storage", "open_study", "optimize", "run_study", "safe_url", "sample_params", "study_params", "trial_config", "worker_callbacks"]
+__all__ = ["DEFAULT_STORAGE", "PARENT_ATTR", "Objective", "StudyFull", "StudyResult", "TrialsFailing", "engine_url", "log_best", "log_plots",
+           "log_study_setup", "make_storage", "open_study", "optimize", "run_study", "safe_url", "sample_params", "study_params", "trial_callbacks", "trial_config", "trial_spec"]

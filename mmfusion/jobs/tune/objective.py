@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import signal
 import threading
 from typing import Any
@@ -19,13 +18,13 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from mmfusion import signals
-from mmfusion.jobs import launch as distributed
+from mmfusion.jobs import launch
 from mmfusion.config import Config
 from mmfusion.errors import Interrupted, UserError
 from mmfusion.tracking.contract import tracking_uri
-from mmfusion.training.fit import train
+from mmfusion.jobs.train import train
 from mmfusion.jobs.tune.space import sample_params, trial_config
-from mmfusion.jobs.tune.storage import FINISHED, TRIAL_ENV, max_resource, trial_run
+from mmfusion.jobs.tune.storage import FINISHED, max_resource, trial_run, trial_spec
 from mmfusion.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
@@ -106,16 +105,11 @@ class Objective:
     def _train(self, trial: optuna.Trial, cfg: Config, tags: dict[str, str]):
         sc = self.cfg.study
         pruning = PyTorchLightningPruningCallback(trial, monitor=sc.metric) if sc.pruner.name != "none" else None
-        if not distributed.needs_supervisor(cfg):
+        if not launch.needs_supervisor(cfg):
             result = train(cfg, callbacks=[pruning] if pruning else [], parent_run_id=self.parent_id, extra_tags=tags)
-        else:  # worker processes build their own callback from this (mmfusion.training.fit reads it)
-            if pruning:
-                os.environ[TRIAL_ENV] = json.dumps({"storage": self.storage_url, "study": sc.study_name, "trial_id": trial._trial_id, "metric": sc.metric,
-                                                    "pruner": sc.pruner.model_dump(), "max_resource": max_resource(self.cfg)})
-            try:
-                result = train(cfg, parent_run_id=self.parent_id, extra_tags=tags)
-            finally:
-                os.environ.pop(TRIAL_ENV, None)
+        else:  # the worker processes build their own pruning callback from the trial's spec in their job file
+            spec = trial_spec(self.storage_url, sc, trial.number, max_resource(self.cfg)) if pruning else None
+            result = train(cfg, parent_run_id=self.parent_id, extra_tags=tags, trial=spec)
         if pruning:
             pruning.check_pruned()  # multi-process: rank 0's decision, read back from the storage (no-op otherwise)
         return result

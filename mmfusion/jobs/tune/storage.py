@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -26,7 +25,6 @@ from mmfusion.tracking.contract import Tag
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 PARENT_ATTR = "mlflow_parent_run_id"
-TRIAL_ENV = "MMFUSION_OPTUNA_TRIAL"  # tells the workers of a multi-process trial which trial to report to
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -163,9 +161,15 @@ class _StaleTrial:
         self.retry(study, trial)
 
 
-def worker_callbacks() -> list:
+def trial_spec(storage_url: str, sc: StudyConfig, number: int, max_resource: int | str) -> dict[str, Any]:
+    """What the workers of a multi-process trial need to report to it (JSON, in their job file): the study and the
+    trial's number, never Optuna's internal trial id."""
+    return {"storage": storage_url, "study": sc.study_name, "trial_number": number, "metric": sc.metric, "pruner": sc.pruner.model_dump(), "max_resource": max_resource}
+
+
+def trial_callbacks(spec: dict[str, Any]) -> list:
     """In each worker of a multi-process trial (all ranks: the prune decision is broadcast): the trial's pruning callback."""
-    spec = json.loads(os.environ[TRIAL_ENV])
-    pruner = make_pruner(PrunerConfig(**spec["pruner"]), spec["max_resource"])
-    study = optuna.load_study(study_name=spec["study"], storage=make_storage(spec["storage"]), pruner=pruner)
-    return [PyTorchLightningPruningCallback(optuna.trial.Trial(study, spec["trial_id"]), monitor=spec["metric"])]
+    storage = make_storage(spec["storage"])
+    study = optuna.load_study(study_name=spec["study"], storage=storage, pruner=make_pruner(PrunerConfig(**spec["pruner"]), spec["max_resource"]))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(spec["study"]), spec["trial_number"])
+    return [PyTorchLightningPruningCallback(optuna.trial.Trial(study, trial_id), monitor=spec["metric"])]

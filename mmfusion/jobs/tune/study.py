@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from mmfusion import signals
-from mmfusion.jobs import launch as distributed
+from mmfusion.jobs import launch
 from mmfusion.config import Config, StudyConfig
 from mmfusion.errors import ConfigError, UserError
 from mmfusion.tracking.contract import tracking_uri
@@ -134,7 +134,7 @@ def run_study(cfg: Config) -> StudyResult:
     running trial's run, whose Optuna trial ends FAIL (`Interrupted` is raised: exit 130/143)."""
     if cfg.study is None:
         raise ConfigError("the config has no `study` section (see experiments/study_quickstart.yaml)")
-    if distributed.launched_externally():
+    if launch.launched_externally():
         raise ConfigError("run `tune` as a single process: a trial with trainer.devices > 1 starts its own workers")
     signals.reset()  # a signal remembered from an earlier job of this process is not this study's
     quiet = _NoTraceback()
