@@ -107,15 +107,17 @@ def test_every_weight_figure_is_labelled():
         plt.close(fig)
 
 
-def test_notebook_executes_against_the_run(gate_run, monkeypatch):
+def test_notebook_executes_against_the_run(gate_run, monkeypatch, tmp_path):
     import nbclient
     import nbformat
 
-    result, tmp, uri = gate_run
-    monkeypatch.setenv("MMFUSION_TRACKING_URI", uri)
-    monkeypatch.setenv("MMFUSION_RUN_ID", result.run_id)
+    result, _, uri = gate_run
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the parameters alone say which run of which store
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp)}}).execute()  # raises on any failing cell
+    [at] = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(f"RUN_ID = {result.run_id!r}\nTRACKING_URI = {uri!r}"))  # as papermill injects them
+    # run elsewhere than the store's folder: the default sqlite:///mlflow.db would not find the run
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises on any failing cell
     texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"run {result.run_id} (FINISHED)" in texts and "'passed': True" in texts
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
