@@ -16,6 +16,7 @@ Multi-node jobs are started by torchrun or the cluster's launcher instead (see R
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -90,8 +91,6 @@ def read_result(job_dir: Path) -> tuple[dict[str, float], pd.DataFrame]:
 def _die_with_parent() -> None:
     """Linux: a worker gets SIGKILL when the supervisor dies (even by SIGKILL), so no orphan keeps training."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

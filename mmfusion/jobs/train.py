@@ -25,7 +25,7 @@ from mmfusion import signals
 from mmfusion.config import Config
 from mmfusion.data.datamodule import PreparedData, prepare_data
 from mmfusion.encoders import load_tokenizer
-from mmfusion.errors import ConfigError
+from mmfusion.errors import UserError
 from mmfusion.jobs import launch
 from mmfusion.jobs.outputs import log_outputs
 from mmfusion.modeling.module import FusionClassifierModule, check_class_weights
@@ -87,9 +87,10 @@ def checkpoint_dir(cfg: Config, run_id: str) -> Path:
 
 
 def resume_checkpoint(run_id: str, folder: Path) -> Path:
+    """The complete checkpoint in the job's folder to continue run `run_id` from."""
     ckpt = resumable_checkpoint(folder)
     if ckpt is None:
-        raise ConfigError(f"cannot resume run {run_id}: no complete checkpoint in {folder}")
+        raise UserError(f"cannot resume run {run_id}: no complete checkpoint in {folder} (was trainer.checkpoints off, or the job killed before its first epoch ended?)")
     return ckpt
 
 
@@ -151,8 +152,9 @@ def _train(cfg: Config, callbacks: list[L.Callback], parent_run_id: str | None, 
     owner = launch.global_rank() == 0
     resume_from = None
     if resume_run_id is not None:  # before anything is reopened: a failed check changes no run
-        folder = checkpoint_dir(cfg, resume_run_id)
-        resume_from = check_resumable(resume_run_id, uri, folder) if owner else resume_checkpoint(resume_run_id, folder)
+        if owner:
+            check_resumable(resume_run_id, uri)
+        resume_from = resume_checkpoint(resume_run_id, checkpoint_dir(cfg, resume_run_id))
     data, tokenizer = prepare(cfg)
     if not owner:  # a rank of a torchrun/SLURM job: rank 0 owns the run, and Lightning gives every rank its checkpoint folder
         placeholder = checkpoint_dir(cfg, resume_run_id or f"rank{launch.global_rank()}")

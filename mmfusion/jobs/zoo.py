@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 
+from mmfusion.analysis import compare as comparison
 from mmfusion.config import Config, ZooConfig, build_config, resolved_dict, to_yaml
 from mmfusion.errors import ConfigError
 from mmfusion.jobs.train import train
@@ -37,7 +38,7 @@ class ZooResult:
     parent_run_id: str
     run_ids: list[str]
     out_dir: Path | None = None
-    comparison: object | None = None  # comparison.Comparison
+    comparison: comparison.Comparison | None = None
 
 
 def members(cfg: Config, seeds: list[int] | None = None, only: list[str] | None = None) -> list[Member]:
@@ -89,8 +90,6 @@ def run_zoo(cfg: Config, *, seeds: list[int] | None = None, only: list[str] | No
             gc.collect()
         out = ZooResult(parent_id, run_ids)
         if compare:
-            from mmfusion.analysis import compare as comparison
-
             notes: list[str] = []
             runs = comparison.runs_table(comparison.find_runs(parent=parent_id), notes=notes)
             out.out_dir = Path(out_dir or Path(cfg.trainer.output_dir) / f"zoo-{parent_id[:8]}")

@@ -87,14 +87,10 @@ def mark_killed(client: mlflow.MlflowClient, run, reason: str) -> None:
     client.set_terminated(run.info.run_id, "KILLED")
 
 
-def check_resumable(run_id: str, tracking_uri: str, checkpoint_dir: Path) -> Path:
-    """Everything `train --resume` needs, checked before the run is reopened (a failed check changes nothing).
-
-    A KILLED or FAILED run, or a RUNNING one whose owner is gone, continues; a FINISHED one has nothing to resume.
-    -> the complete checkpoint to resume from.
-    """
-    from mmfusion.training.callbacks import resumable_checkpoint
-
+def check_resumable(run_id: str, tracking_uri: str) -> None:
+    """Whether run `run_id` may be continued, checked before it is reopened (a failed check changes nothing): a
+    KILLED or FAILED run, or a RUNNING one whose owner is gone, continues; a FINISHED one has nothing to resume.
+    (Its checkpoint is the job's business: `mmfusion.jobs.train.resume_checkpoint`.)"""
     client = mlflow.MlflowClient(tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -105,7 +101,3 @@ def check_resumable(run_id: str, tracking_uri: str, checkpoint_dir: Path) -> Pat
         raise UserError(f"run {run_id} is FINISHED: nothing to resume (start a new run to train again)")
     if status == "RUNNING" and (run.data.tags.get(Tag.PID) and owner_gone(run) is None):
         raise UserError(f"run {run_id} is still RUNNING (pid {run.data.tags[Tag.PID]} on {run.data.tags.get(Tag.HOST)}); stop it first, or if that process is gone: mmfusion runs --stale --mark-killed")
-    ckpt = resumable_checkpoint(checkpoint_dir)
-    if ckpt is None:
-        raise UserError(f"cannot resume run {run_id}: no complete checkpoint in {checkpoint_dir} (was trainer.checkpoints off, or the job killed before its first epoch ended?)")
-    return ckpt

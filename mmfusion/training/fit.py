@@ -15,7 +15,10 @@ from typing import Sequence
 import lightning as L
 import torch
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
+from transformers import AutoModel
 
 from mmfusion.config import Config
 from mmfusion.data.datamodule import MultimodalDataModule, PreparedData
@@ -49,8 +52,6 @@ class FitResult:
 def _strategy(cfg: Config):
     """fsdp: FSDP2 through ModelParallelStrategy (gloo on CPUs, NCCL on GPUs; sharding in configure_model)."""
     if cfg.trainer.strategy == "fsdp":
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
         return ModelParallelStrategy(data_parallel_size=world_size(cfg), tensor_parallel_size=1)
     return cfg.trainer.strategy
 
@@ -144,9 +145,6 @@ def _full_model(cfg: Config, module: FusionClassifierModule, backbone_config, da
     """An unsharded CPU copy of the trained network (FSDP: gathered from all ranks) for export and serving."""
     if not any(isinstance(m, FSDPModule) for m in module.model.modules()):
         return module.model.cpu().eval()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from transformers import AutoModel
-
     state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     copy = build_model(cfg.model, AutoModel.from_config(backbone_config), data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes))
     if state:  # rank 0 receives the full state; the others get an empty dict
