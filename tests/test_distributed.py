@@ -68,6 +68,22 @@ def test_two_process_evaluation_equals_one_process(mlflow_uri, job, tmp_path):
         assert recomputed[key] == pytest.approx(run.data.metrics[f"test_{key}"], abs=1e-6)
 
 
+def test_a_torchrun_job_is_one_run_owned_by_rank_0(mlflow_uri, job, tmp_path):
+    """torchrun starts every rank as `mmfusion train`: rank 0 alone creates and logs the run, the others only train."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mmfusion", "train", *job, *FSDP,
+           "export.onnx=false", "tracking.log_model=false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert runs["status"].tolist() == ["FINISHED"] and runs["tags.mmfusion.world_size"].tolist() == ["2"]  # one run, not one per rank
+    [run_id] = runs["run_id"]
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == [run_id]  # the other rank used rank 0's folder
+    assert (tmp_path / "outputs" / run_id / "checkpoints" / "last.ckpt" / "meta.pt").is_file()
+    logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/test.csv", dst_path=str(tmp_path)))
+    assert len(logged) == 31 and logged["id"].is_unique
+    assert [line for line in proc.stdout.splitlines() if line.startswith("run ")] == [line for line in proc.stdout.splitlines() if line.startswith(f"run {run_id}:")] != []
+
+
 def test_a_dying_rank_fails_the_job_not_hangs(mlflow_uri, tiny_bert, tmp_path):
     cmd = [sys.executable, "-m", "mmfusion", "train", f"model.text_encoder={tiny_bert}", "data.synthetic.n_samples=4000", "data.cache_dir=null",
            "trainer.max_epochs=50", "trainer.enable_progress_bar=false", *FSDP]
