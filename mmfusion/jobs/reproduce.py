@@ -21,6 +21,7 @@ import pandas as pd
 from mmfusion.config import Config
 from mmfusion.data.datamodule import prepare_data
 from mmfusion.encoders import load_tokenizer
+from mmfusion.tracking import predictions as P
 from mmfusion.tracking.artifacts import get_run
 from mmfusion.errors import DataError
 from mmfusion.jobs.train import train
@@ -106,13 +107,13 @@ def compare_predictions(client: mlflow.MlflowClient, original_id: str, new_id: s
     except Exception:
         return {"note": f"the original run has no {predictions_path('test')}"}
     b = _read(client, new_id, predictions_path("test"), pd.read_csv)
-    a, b = a.sort_values("id").reset_index(drop=True), b.sort_values("id").reset_index(drop=True)
-    same_ids = len(a) == len(b) and (a["id"].astype(str) == b["id"].astype(str)).all()
+    a, b = a.sort_values(P.ID).reset_index(drop=True), b.sort_values(P.ID).reset_index(drop=True)
+    same_ids = len(a) == len(b) and (a[P.ID].astype(str) == b[P.ID].astype(str)).all()
     out = {"rows": len(a), "same_ids": bool(same_ids)}
     if not same_ids:
         return out
-    values = [c for c in a.columns if c in b.columns and c.startswith(("prob_", "w_", "expert_"))]
-    out["same_preds"] = bool((a["pred"].astype(str) == b["pred"].astype(str)).all())
+    values = [c for c in a.columns if c in b.columns and c.startswith((P.PROB_PREFIX, P.W_TEXT, P.W_TAB, P.EXPERT_PREFIX))]
+    out["same_preds"] = bool((a[P.PRED].astype(str) == b[P.PRED].astype(str)).all())
     out["max_abs_diff"] = float(np.nanmax(np.abs(a[values].to_numpy(float) - b[values].to_numpy(float)))) if values else 0.0
     return out
 
