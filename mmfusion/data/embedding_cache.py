@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mmfusion.data.datamodule import PreparedData, Split, collate
 from mmfusion.encoders.text import TextEncoder
+from mmfusion.progress import progress
 
 
 def cache_key(encoder_name: str, max_chunks: int, chunk_len: int, fingerprint: str, split: Split, hidden: int) -> str:
@@ -26,12 +27,12 @@ def cache_key(encoder_name: str, max_chunks: int, chunk_len: int, fingerprint: s
 
 
 @torch.inference_mode()
-def encode_split(split: Split, encoder: TextEncoder, batch_size: int = 64) -> list[torch.Tensor]:
+def encode_split(split: Split, encoder: TextEncoder, batch_size: int = 64, desc: str = "embedding texts") -> list[torch.Tensor]:
     """Per sample (n_chunks, H) embeddings; samples are batched by length so little padding is encoded."""
     order = sorted(range(len(split.chunks)), key=lambda i: sum(map(len, split.chunks[i])))
     out: list[torch.Tensor | None] = [None] * len(order)
     encoder.eval()
-    for start in range(0, len(order), batch_size):
+    for start in progress(range(0, len(order), batch_size), desc, unit="batches"):
         idx = order[start : start + batch_size]
         items = [{"chunks": split.chunks[i], "numeric": split.numeric[i], "categorical": split.categorical[i], "label": 0, "modality": 0, "index": i} for i in idx]
         b = collate(items)
@@ -53,7 +54,7 @@ def attach_chunk_embeddings(data: PreparedData, encoder: TextEncoder, encoder_na
             split.chunk_embeddings = list(torch.split(flat, counts))
             stats["hits"] += 1
             continue
-        split.chunk_embeddings = encode_split(split, encoder)
+        split.chunk_embeddings = encode_split(split, encoder, desc=f"embedding the {name} split (frozen encoder, cached after)")
         stats["misses"] += 1
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from mmfusion.export.onnx import INPUTS, _tensor
 from mmfusion.serving.onnx_scorer import OnnxScorer
+from mmfusion.progress import progress
 
 if TYPE_CHECKING:
     from mmfusion.data.datamodule import Split
@@ -51,7 +52,7 @@ def check_parity(model: "MultimodalClassifier", scorer: OnnxScorer, batches: lis
     rows, samples = [], 0
     try:
         with torch.inference_mode():
-            for batch in batches:
+            for batch in progress(batches, "ONNX parity check", unit="batches"):
                 x = {k: _tensor(batch[k]) for k in INPUTS}
                 out = ref(*(x[k] for k in INPUTS))
                 want = {"probs": out.logits.float().softmax(-1).numpy(), "modality_weights": out.modality_weights.float().numpy()}

@@ -30,6 +30,7 @@ from mmfusion.data.datamodule import collate
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
 from mmfusion.hashing import sha256_file
+from mmfusion.progress import progress
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.tracking.artifacts import ArtifactError, get_run, reading
@@ -142,7 +143,7 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, frame: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
         rows = []
-        for start in range(0, len(frame), batch_size):
+        for start in progress(range(0, len(frame), batch_size), f"scoring {len(frame)} rows", unit="batches"):
             part = frame.iloc[start : start + batch_size]
             b = self.batch(part)
             out = self.model(b["input_ids"], b["attention_mask"], b["chunk_mask"], b["numeric"], b["categorical"])

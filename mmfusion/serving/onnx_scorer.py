@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from mmfusion.errors import DataError
 from mmfusion.hashing import sha256_bytes, sha256_file
+from mmfusion.progress import progress
 from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.tracking.artifacts import ArtifactError, reading
 from mmfusion.tracking.contract import Tag
@@ -180,7 +181,7 @@ class OnnxPredictor:
         import pandas as pd
 
         parts = []
-        for start in range(0, len(frame), batch_size):
+        for start in progress(range(0, len(frame), batch_size), f"scoring {len(frame)} rows (ONNX Runtime)", unit="batches"):
             part = frame.iloc[start : start + batch_size]
             numeric, categorical = self.pre.transform(part)
             batch = numpy_batch(self.chunker(part[self.pre.text_column].tolist()), numeric, categorical, self.meta["pad_id"])
