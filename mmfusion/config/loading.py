@@ -54,6 +54,8 @@ def _describe(err: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if isinstance(got, (dict, BaseModel)) or got is None else f" (got {got!r})"
+    if key and msg.startswith(key + "."):  # the message names the exact key already
+        return f"{msg}{shown}"
     return f"{key or 'config'}: {msg}{shown}"
 
 
