@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfusion.config.base import Strict
+from pydantic import BaseModel, ConfigDict
+
 from mmfusion.fusion.registry import Registry
 
 if TYPE_CHECKING:
@@ -41,8 +42,11 @@ class FusionOutput(NamedTuple):
     expert_weights: torch.Tensor | None = None  # (B, E) for mixture-of-experts variants
 
 
-class FusionOptions(Strict):
-    """A variant's own options (`model.fusion_options`), validated only when that variant is chosen."""
+class FusionOptions(BaseModel):
+    """A variant's own options (`model.fusion_options`), validated only when that variant is chosen. Strict like
+    the config sections (mmfusion.config.base.Strict; not imported here: the config package validates through this)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     def check(self, model: "ModelConfig") -> None:
         """Rules across an option and the shared model keys (e.g. fusion_dim); raise ValueError naming both."""
