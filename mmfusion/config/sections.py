@@ -64,7 +64,7 @@ class ModelConfig(Strict):
 
     fusion: str = "concat"
     fusion_preset: str | None = None
-    fusion_options: dict[str, Any] = Field(default_factory=dict)
+    fusion_options: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # defaults filled in too
     text_encoder: str = DEFAULT_TEXT_ENCODER  # a Hugging Face name or a local path
     freeze_text_encoder: bool = False
     chunk_pooling: Literal["mean", "attention"] = "mean"  # how chunk embeddings make h_text; mean: the original design
