@@ -68,7 +68,7 @@ class Ctx:
         return path
 
     def model_dir(self, name: str) -> Path:
-        from mmfusion.export import logged_model_id
+        from mmfusion.serving.logged_models import logged_model_id
 
         client = mlflow.MlflowClient()
         return _local(client.get_logged_model(logged_model_id(self.run_id, name)).artifact_location)
@@ -177,6 +177,10 @@ ROWS: list[tuple[str, list[str], Callable[[Ctx], None] | None]] = [
     ("train-non-numeric-values", [*TRAIN, *TABLE], _table(order_value=["cheap"])),
     ("train-inf-in-numeric-column", [*TRAIN, *TABLE], _table(order_value=[float("inf"), float("-inf")])),
     ("train-single-class", [*TRAIN, *TABLE], _table(label=[0] * 6)),
+    ("train-unknown-numeric-transform", [*TRAIN, "data.numeric_transform=boxcox"], None),
+    ("train-quantile-on-constant-column", [*TRAIN, *TABLE, "data.numeric_transform=quantile", "data.test_fraction=0.34"], _table(order_value=[5.0] * 6)),
+    ("train-min-category-count-zero", [*TRAIN, "data.min_category_count=0"], None),
+    ("train-class-weights-unknown-word", [*TRAIN, "optim.class_weights=inverse"], None),
     ("train-empty-table", [*TRAIN, *TABLE], lambda c: c.file("t.csv", "id,dialogue,label\n")),
     ("train-column-numeric-and-categorical", [*TRAIN, *TABLE[:4], "data.numeric_columns=[category]", "data.categorical_columns=[category]"], _table()),
     ("train-chunk-len-above-encoder-max", [*TRAIN, "data.chunk_len=256"], None),

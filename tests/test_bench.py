@@ -60,7 +60,7 @@ def test_reference_and_optimized_paths_agree_on_the_same_weights(tiny_data, fusi
 
 
 def test_peak_rss_sees_an_allocation():
-    from mmfusion.bench.runner import PeakRSS
+    from mmfusion.bench.memory import PeakRSS
 
     with PeakRSS() as mem:
         block = torch.ones(64, 2**20)  # 256 MiB, touched
@@ -98,3 +98,26 @@ def test_bench_rejects_an_empty_budget(tiny_overrides, capsys):
 
     assert main(["bench", *tiny_overrides, "--train-samples", "0"]) == 2
     assert "--train-samples" in capsys.readouterr().err
+
+
+def test_bench_trains_with_the_optimizer_of_training(tiny_data, monkeypatch):
+    """bench steps the optimizer `FusionClassifierModule.configure_optimizers` builds: encoder at encoder_lr, and no
+    weight decay on biases and norm weights."""
+    from mmfusion.bench import measure
+    from mmfusion.modeling import module
+
+    cfg, data, items = tiny_data
+    cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"weight_decay": 0.1, "lr": 1e-3, "encoder_lr": 1e-5})})
+    model = build_model(cfg.model.model_copy(update={"freeze_text_encoder": False}), load_text_backbone(cfg.model.text_encoder),
+                        data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes))
+    built = []
+    monkeypatch.setattr(measure, "build_optimizer", lambda m, optim: built.append(module.build_optimizer(m, optim)) or built[-1])
+    path = measure.BenchPath("optimized", model, collate, [collate(items[:4])], True, False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    measure.measure_training(path, collate(items[:4]), cfg, epochs=1)
+    assert len(built) == 1
+    groups = {(g["lr"], g["weight_decay"]) for g in built[0].param_groups}
+    assert groups == {(1e-5, 0.1), (1e-5, 0.0), (1e-3, 0.1), (1e-3, 0.0)}
+    no_decay = {id(p) for g in built[0].param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(model.head.bias) in no_decay and id(model.head.weight) not in no_decay
+    assert not torch.equal(before["head.weight"], model.head.weight)  # the step updated the weights

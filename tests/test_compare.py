@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 
 from mmfusion.analysis import compare as comparison
+from mmfusion.analysis.compare.report import _pm
 from mmfusion.cli import main
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 97.5%, 2 degrees of freedom (from tables)
@@ -105,7 +106,7 @@ def test_one_seed_has_no_interval_and_unpaired_data_is_not_paired(mlflow_module_
     assert any("different data" in n for n in cmp.notes)
     assert np.isnan(cmp.tests["p"].iloc[0])  # one pair: no test
     single = comparison.summarize(pd.DataFrame({"label": ["x"], "seed": [0], "m": [0.5]}), ["m"]).iloc[0]
-    assert single["m_mean"] == 0.5 and np.isnan(single["m_ci_low"]) and "(n=1)" in comparison._pm(single, "m")
+    assert single["m_mean"] == 0.5 and np.isnan(single["m_ci_low"]) and "(n=1)" in _pm(single, "m")
 
 
 def test_cli_writes_markdown_csv_plots_and_logs_them(known_runs, tmp_path, capsys):

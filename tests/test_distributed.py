@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mmfusion.config import load_config
-from mmfusion.export import logged_model_id
+from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.errors import ConfigError
 from mmfusion.modeling.metrics import classification_metrics
 from mmfusion.tracking.runs import ensure_same_config

@@ -133,6 +133,8 @@ def test_text_only_model_trains(tiny_bert, fusion):
     out = model(b["input_ids"], b["attention_mask"], b["chunk_mask"], b["numeric"], b["categorical"])
     assert out.logits.shape == (4, 3) and torch.isfinite(out.logits).all()
     out.logits.sum().backward()
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("text_encoder.")]
+    assert trained and all(model.get_parameter(n).grad is not None and torch.isfinite(model.get_parameter(n).grad).all() for n in trained)
 
 
 def test_packaged_minilm_gives_meaningful_embeddings():

@@ -23,7 +23,10 @@ from mmfusion.config import load_config
 from mmfusion.data.datamodule import prepare_data
 from mmfusion.encoders import load_text_backbone, load_tokenizer
 from mmfusion.errors import DataError
-from mmfusion.export import ArtifactError, OnnxPredictor, OnnxScorer, ParityError, check_parity, download_onnx, export_onnx, logged_model_id, parity_batches, quantize_onnx
+from mmfusion.export import ParityError, check_parity, export_onnx, parity_batches, quantize_onnx
+from mmfusion.serving.logged_models import logged_model_id
+from mmfusion.serving.onnx_scorer import OnnxPredictor, OnnxScorer, download_onnx
+from mmfusion.tracking.artifacts import ArtifactError
 from mmfusion.fusion import list_fusions
 from mmfusion.modeling.classifier import build_model
 from mmfusion.training.fit import train

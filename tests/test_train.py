@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mmfusion.config import load_config
-from mmfusion.export import logged_model_id
+from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.errors import ConfigError
 from mmfusion.training.fit import train
 

@@ -36,17 +36,12 @@ def _zoo_settings(parent: str) -> tuple[list[str] | None, str | None]:
 
 
 def main(args: argparse.Namespace) -> int:
-    import os
-
-    import mlflow
-
     from mmfusion.analysis import compare as comparison
     from mmfusion.paths import check_output_dir
-    from mmfusion.tracking.contract import DEFAULT_URI
+    from mmfusion.tracking.contract import tracking_uri, use_store
 
     check_output_dir(args.out, "--out")
-    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    use_store(tracking_uri(flag=args.tracking_uri))
     metrics, baseline = _zoo_settings(args.parent) if args.parent else (None, None)
     metrics = args.metrics or metrics
     baseline = args.baseline or baseline or "concat"

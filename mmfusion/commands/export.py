@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+
 from mmfusion.tracking.contract import Tag
 
 HELP = "export a trained run's model to ONNX, prove it equals PyTorch on held-out batches, and log it to the run"
@@ -17,7 +18,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import math
-    import os
     import tempfile
 
     from mmfusion.tracking.artifacts import get_run
@@ -26,15 +26,11 @@ def main(args: argparse.Namespace) -> int:
 
     if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance > 0):
         raise UserError(f"--tolerance must be a finite number > 0, got {args.tolerance:g}")
-    import mlflow
+    from mmfusion.tracking.contract import tracking_uri, use_store
 
-    from mmfusion.tracking.contract import DEFAULT_URI
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    uri = use_store(tracking_uri(flag=args.tracking_uri))
     run = get_run(args.run_id)
-    cfg = config_of_run(args.run_id)
+    cfg = config_of_run(args.run_id, uri)
     from mmfusion.serving.bundle import load_predictor
     from mmfusion.data.datamodule import prepare_data
     from mmfusion.export import ParityError, log_onnx

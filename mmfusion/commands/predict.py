@@ -18,19 +18,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import os
     import tempfile
-
-    import mlflow
 
     from mmfusion.tracking.artifacts import get_run, reading
     from mmfusion.data.table import read_table
     from mmfusion.errors import UserError
     from mmfusion.paths import check_output_file
-    from mmfusion.tracking.contract import DEFAULT_URI
+    from mmfusion.tracking.contract import tracking_uri, use_store
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    use_store(tracking_uri(flag=args.tracking_uri))
     if args.int8 and not args.onnx:
         raise UserError("--int8 needs --onnx (the int8 model is an ONNX model)")
     out = check_output_file(args.output or f"{Path(args.input).stem}_predictions.csv", "--output")
@@ -38,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     get_run(args.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         if args.onnx:  # onnxruntime, numpy, pandas and `tokenizers` only: no torch, no PyTorch weights
-            from mmfusion.export import OnnxPredictor, download_onnx
+            from mmfusion.serving.onnx_scorer import OnnxPredictor, download_onnx
 
             model_path, artifacts = download_onnx(args.run_id, tmp, int8=args.int8)
             with reading(f"run {args.run_id}", "its ONNX artifacts (onnx/)"):

@@ -34,6 +34,8 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     num_workers: int = Field(0, ge=0)
+    numeric_transform: Literal["standard", "log", "quantile"] = "standard"  # before standardising; see data/tabular.py
+    min_category_count: int = Field(1, ge=1)  # rarer categories in the training split map to the unknown index
     bucket_by_length: bool = True  # train batches of similar-length dialogues (less padding to encode)
     split_seed: Seed | None = None  # seed of the synthetic data and the train/val/test split; null: the run's `seed`
     cache_dir: str | None = ".mmfusion_cache"  # chunk embeddings of a frozen encoder; null disables
@@ -143,7 +145,8 @@ class OptimConfig(Strict):
     weight_decay: float = Field(0.01, ge=0.0)
     schedule: Literal["linear", "constant"] = "linear"
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    class_weights: list[PositiveFloat] | None = None  # one per class (sorted class names), each finite and > 0
+    # one per class (sorted class names), each finite and > 0; "balanced": n_train / (n_classes * n_train_of_class)
+    class_weights: list[PositiveFloat] | Literal["balanced"] | None = None
 
 
 class TrainerConfig(Strict):

@@ -10,7 +10,7 @@ from mmfusion.config.base import Strict
 from mmfusion.config.legacy import FLAT_KEYS, to_flat
 
 
-STUDY_METRICS = ("val_loss", "val_accuracy", "val_f1_macro", "val_auroc", "val_attribution_auroc", "val_faithfulness")
+STUDY_METRICS = ("val_loss", "val_accuracy", "val_f1_macro", "val_balanced_accuracy", "val_auroc", "val_attribution_auroc", "val_faithfulness")
 Choice = str | bool | int | float | None
 
 

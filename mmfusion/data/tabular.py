@@ -1,8 +1,12 @@
 """Tabular preprocessing fitted on the training split only, saved as JSON with the run.
 
-numeric     -> standardised with the training mean/std, NaN -> 0, plus one missing-flag column per feature
-categorical -> index into the training vocabulary; 0 is reserved for missing and unseen categories
-labels      -> index into the sorted training classes
+numeric     -> transformed (`numeric_transform`), then standardised with the training mean/std; NaN -> 0, plus one
+               missing-flag column per feature. Transforms: `standard` (none), `log` (sign(x)·log1p|x|: skewed counts),
+               `quantile` (quantile-normal: the training quantiles as knots, mapped to standard-normal scores, piecewise
+               linear in between and flat beyond; stored as knots, so numpy alone applies it in every serving path)
+categorical -> index into the training vocabulary; 0 is reserved for missing, unseen and (`min_category_count`) rare
+               categories
+labels      -> index into the sorted training classes; `class_counts` = training rows per class
 """
 
 from __future__ import annotations
@@ -15,6 +19,27 @@ import numpy as np
 import pandas as pd
 
 from mmfusion.errors import DataError
+
+
+NUMERIC_TRANSFORMS = ("standard", "log", "quantile")
+N_QUANTILES = 1000  # at most this many knots per column (fewer when the column has fewer distinct values)
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _quantile_knots(values: np.ndarray, column: str) -> tuple[list[float], list[float]]:
+    """Training values -> (x knots, standard-normal scores): the empirical CDF at its quantiles, through Φ⁻¹."""
+    from scipy.special import ndtri  # at fit time only; applying the knots needs numpy alone
+
+    x = values[~np.isnan(values)]
+    if x.size == 0 or x.min() == x.max():
+        raise DataError(f"numeric column {column!r}: a quantile transform needs at least two distinct values in the training split (it is constant or empty); use data.numeric_transform=standard or drop the column")
+    knots = np.unique(np.quantile(x, np.linspace(0.0, 1.0, min(N_QUANTILES, np.unique(x).size))))
+    cdf = np.searchsorted(np.sort(x), knots, side="right") / x.size  # P(X <= knot) on train
+    cdf = (cdf * x.size - 0.5) / x.size  # mid-rank: the largest knot maps below 1, so its score is finite
+    return knots.tolist(), ndtri(np.clip(cdf, 0.5 / x.size, 1 - 0.5 / x.size)).tolist()
 
 
 def _category(value) -> str:
@@ -30,17 +55,39 @@ class TabularPreprocessor:
     text_column: str = "dialogue"
     label_column: str = "label"
     id_column: str | None = None
+    numeric_transform: str = "standard"  # one of NUMERIC_TRANSFORMS (files written before it existed: standard)
+    quantiles: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # column -> (x knots, z knots)
+    class_counts: list[int] = field(default_factory=list)  # training rows per class (empty in older files)
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, numeric: list[str], categorical: list[str], text_column: str, label_column: str, id_column: str | None) -> "TabularPreprocessor":
-        stats = {}
+    def fit(cls, frame: pd.DataFrame, numeric: list[str], categorical: list[str], text_column: str, label_column: str, id_column: str | None,
+            numeric_transform: str = "standard", min_category_count: int = 1) -> "TabularPreprocessor":
+        if numeric_transform not in NUMERIC_TRANSFORMS:
+            raise DataError(f"unknown numeric transform {numeric_transform!r}; allowed: {', '.join(NUMERIC_TRANSFORMS)}")
+        pre = cls({}, {}, [], text_column, label_column, id_column, numeric_transform)
         for col in numeric:
-            values = pd.to_numeric(frame[col], errors="coerce").astype(float)
+            raw = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
+            if numeric_transform == "quantile":
+                pre.quantiles[col] = _quantile_knots(raw, col)
+            values = pd.Series(pre._shape(col, raw))
             mean, std = values.mean(), values.std()
-            stats[col] = (0.0 if np.isnan(mean) else float(mean), 1.0 if not std or np.isnan(std) else float(std))
-        vocab = {col: sorted(frame[col].dropna().map(_category).unique().tolist()) for col in categorical}
-        classes = sorted(frame[label_column].astype(str).unique().tolist())
-        return cls(stats, vocab, classes, text_column, label_column, id_column)
+            pre.numeric[col] = (0.0 if np.isnan(mean) else float(mean), 1.0 if not std or np.isnan(std) else float(std))
+        for col in categorical:
+            counts = frame[col].dropna().map(_category).value_counts()
+            pre.categorical[col] = sorted(counts.index[counts >= min_category_count].tolist())
+        labels = frame[label_column].astype(str)
+        pre.classes = sorted(labels.unique().tolist())
+        pre.class_counts = [int(n) for n in labels.value_counts().reindex(pre.classes).to_numpy()]
+        return pre
+
+    def _shape(self, col: str, x: np.ndarray) -> np.ndarray:
+        """The transform before standardising (NaN stays NaN)."""
+        if self.numeric_transform == "log":
+            return _signed_log(x)
+        if self.numeric_transform == "quantile":
+            knots, scores = self.quantiles[col]
+            return np.where(np.isnan(x), np.nan, np.interp(x, knots, scores))
+        return x
 
     @property
     def n_numeric_features(self) -> int:
@@ -57,7 +104,7 @@ class TabularPreprocessor:
         for col, (mean, std) in self.numeric.items():
             x = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
             missing = np.isnan(x)
-            values.append(np.where(missing, 0.0, (x - mean) / std))
+            values.append(np.where(missing, 0.0, (self._shape(col, x) - mean) / std))
             flags.append(missing.astype(np.float64))
         numeric = np.stack(values + flags, axis=1).astype(np.float32) if values else np.zeros((n, 0), np.float32)
         cats = []
@@ -87,6 +134,10 @@ class TabularPreprocessor:
         try:
             state = json.loads(Path(path).read_text())
             state["numeric"] = {k: tuple(v) for k, v in state["numeric"].items()}
-            return cls(**state)
+            state["quantiles"] = {k: (list(x), list(z)) for k, (x, z) in state.get("quantiles", {}).items()}
+            pre = cls(**state)
+            if pre.numeric_transform not in NUMERIC_TRANSFORMS or set(pre.quantiles) != (set(pre.numeric) if pre.numeric_transform == "quantile" else set()):
+                raise ValueError(f"numeric_transform {pre.numeric_transform!r} does not fit its quantile knots")
+            return pre
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise DataError(f"{source or path}: not a valid preprocessing.json ({type(err).__name__}: {err})") from None

@@ -8,7 +8,6 @@ the real chunks of a batch are packed into one encoder batch.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -34,10 +33,8 @@ def resolve_encoder(name: str) -> str:
 
 def _load(loader, name: str, what: str):
     path = resolve_encoder(name)
-    if Path(path).exists():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local copy never needs the hub
-    try:
-        return loader(path)
+    try:  # a local copy never needs the hub
+        return loader(path, local_files_only=Path(path).exists())
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.text_encoder: cannot load {what} {name!r} ({str(err).splitlines()[0]})") from None
 
@@ -51,7 +48,7 @@ def load_tokenizer(name: str):
 def load_text_backbone(name: str) -> nn.Module:
     from transformers import AutoModel
 
-    return _load(lambda p: AutoModel.from_pretrained(p, attn_implementation="sdpa"), name, "encoder")
+    return _load(lambda p, **kw: AutoModel.from_pretrained(p, attn_implementation="sdpa", **kw), name, "encoder")
 
 
 def masked_chunk_mean(chunks: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,4 @@
-"""The ONNX export of a run in MLflow: `log_onnx` exports, proves parity and logs it; `logged_model_id` finds a
-run's LoggedModel again."""
+"""The ONNX export of a run in MLflow: `log_onnx` exports, proves parity and logs the model and its `onnx/` files."""
 
 from __future__ import annotations
 
@@ -13,9 +12,20 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import onnxruntime as ort
 
-from mmfusion.export.onnx import ONNX_DTYPES, OPSET, add_metadata, export_onnx, quantize_onnx, sha256_bytes, sha256_file
+from mmfusion.export.onnx import OPSET, add_metadata, export_onnx, quantize_onnx
 from mmfusion.export.parity import ParityError, check_parity, int8_report, parity_batches
-from mmfusion.serving.onnx_scorer import INT8_FILE, INT8_MODEL_NAME, META_FILE, ONNX_MODEL_NAME, PARITY_FILE, PREPROCESSING_FILE, TOKENIZER_DIR, OnnxScorer
+from mmfusion.hashing import sha256_bytes, sha256_file
+from mmfusion.serving.onnx_scorer import (
+    INT8_FILE,
+    INT8_MODEL_NAME,
+    META_FILE,
+    ONNX_DTYPES,
+    ONNX_MODEL_NAME,
+    PARITY_FILE,
+    PREPROCESSING_FILE,
+    TOKENIZER_DIR,
+    OnnxScorer,
+)
 
 if TYPE_CHECKING:
     from mmfusion.config import Config
@@ -144,16 +154,3 @@ def log_onnx(cfg: "Config", model: "MultimodalClassifier", data: "PreparedData",
     log.info("ONNX export: %.1fs, max |ONNX - PyTorch| = %.2g over %d samples", export_seconds, report["max_abs_diff"], report["samples_checked"])
     return report
 
-
-# ---- reading a run's ONNX artifacts back -------------------------------------------------------------------------
-
-
-def logged_model_id(run_id: str, name: str) -> str | None:
-    """The id of the LoggedModel called `name` that `run_id` produced (MLflow 3: models are not run artifacts)."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    run = client.get_run(run_id)
-    models = [client.get_logged_model(out.model_id) for out in (run.outputs.model_outputs if run.outputs else [])]
-    named = sorted((m for m in models if m.name == name), key=lambda m: m.creation_timestamp)
-    return named[-1].model_id if named else None  # the latest: `export` may have run again

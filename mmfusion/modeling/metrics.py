@@ -12,12 +12,13 @@ from mmfusion.tracking.contract import TAB, TEXT
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> dict[str, float]:
-    """probs (N, K), labels (N,) -> loss, accuracy, macro-F1, AUROC (binary: on P(class 1); else one-vs-rest macro)."""
+    """probs (N, K), labels (N,) -> loss, accuracy, macro-F1, balanced accuracy, AUROC (binary: on P(class 1); else one-vs-rest macro)."""
     k = probs.shape[1]
     out = {
         "loss": F.nll_loss(probs.clamp_min(1e-12).log(), labels, weight=class_weights).item(),
         "accuracy": multiclass_accuracy(probs, labels, num_classes=k, average="micro").item(),
         "f1_macro": multiclass_f1_score(probs, labels, num_classes=k, average="macro").item(),
+        "balanced_accuracy": multiclass_accuracy(probs, labels, num_classes=k, average="macro").item(),  # mean recall per class
     }
     if labels.unique().numel() >= 2:  # AUROC is undefined on a single class
         auroc = binary_auroc(probs[:, 1], labels) if k == 2 else multiclass_auroc(probs, labels, num_classes=k)

@@ -23,9 +23,20 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categor
 
 
 def check_class_weights(optim: OptimConfig, n_classes: int) -> None:
-    """One weight per class, or none: a wrong length is an error, never padded or cut."""
-    if optim.class_weights is not None and len(optim.class_weights) != n_classes:
+    """One weight per class, "balanced", or none: a wrong length is an error, never padded or cut."""
+    if isinstance(optim.class_weights, list) and len(optim.class_weights) != n_classes:
         raise ConfigError(f"optim.class_weights has {len(optim.class_weights)} values but the data has {n_classes} classes")
+
+
+def class_weights(optim: OptimConfig, class_counts: list[int] | None) -> list[float] | None:
+    """The loss's class weights: as configured, or "balanced" from the training split's class counts (sklearn's
+    n_samples / (n_classes * count), so a balanced split gets weights of 1)."""
+    if optim.class_weights != "balanced":
+        return optim.class_weights
+    if not class_counts:
+        raise ConfigError("optim.class_weights=balanced needs the training split's class counts (a preprocessing.json written before they were recorded)")
+    total, k = sum(class_counts), len(class_counts)
+    return [total / (k * n) for n in class_counts]
 
 
 def transformer_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
@@ -36,13 +47,29 @@ def transformer_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     return []
 
 
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: the pretrained encoder at `encoder_lr`, the rest at `lr`; no weight decay
+    on biases and norm weights. The one optimizer of training and of `mmfusion bench`."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        encoder = name.startswith("text_encoder.")
+        decay = p.ndim >= 2  # no weight decay on biases and norm weights
+        key = (encoder, decay)
+        groups.setdefault(key, {"params": [], "lr": optim.encoder_lr if encoder else optim.lr, "weight_decay": optim.weight_decay if decay else 0.0})
+        groups[key]["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()))
+
+
 class FusionClassifierModule(L.LightningModule):
-    def __init__(self, model: MultimodalClassifier, optim: OptimConfig, n_classes: int, modality_dropout: float = 0.0) -> None:
+    def __init__(self, model: MultimodalClassifier, optim: OptimConfig, n_classes: int, modality_dropout: float = 0.0, class_counts: list[int] | None = None) -> None:
         super().__init__()
         self.model, self.optim, self.n_classes = model, optim, n_classes
         self.modality_dropout = modality_dropout
         check_class_weights(optim, n_classes)
-        weights = None if optim.class_weights is None else torch.tensor(optim.class_weights, dtype=torch.float32)
+        weights = class_weights(optim, class_counts)
+        weights = None if weights is None else torch.tensor(weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.results: dict[str, dict[str, torch.Tensor]] = {}  # per split: de-duplicated outputs of the last evaluation
         self._collected: list[dict[str, torch.Tensor]] = []
@@ -163,16 +190,7 @@ class FusionClassifierModule(L.LightningModule):
     # ---- optimisation ----------------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        groups = {}
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            encoder = name.startswith("text_encoder.")
-            decay = p.ndim >= 2  # no weight decay on biases and norm weights
-            key = (encoder, decay)
-            groups.setdefault(key, {"params": [], "lr": self.optim.encoder_lr if encoder else self.optim.lr, "weight_decay": self.optim.weight_decay if decay else 0.0})
-            groups[key]["params"].append(p)
-        optimizer = torch.optim.AdamW(list(groups.values()))
+        optimizer = build_optimizer(self.model, self.optim)
         total = int(self.trainer.estimated_stepping_batches)
         name = "linear" if self.optim.schedule == "linear" else "constant_with_warmup"
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(self.optim.warmup_fraction * total), num_training_steps=total)

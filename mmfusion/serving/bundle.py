@@ -24,14 +24,15 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from mmfusion.tracking.artifacts import ArtifactError, reading
 from mmfusion.config import Config, build_config, to_yaml
 from mmfusion.data.chunking import DialogueChunker
 from mmfusion.data.datamodule import collate
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
-from mmfusion.export.onnx import sha256_file
+from mmfusion.hashing import sha256_file
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
+from mmfusion.serving.logged_models import logged_model_id
+from mmfusion.tracking.artifacts import ArtifactError, get_run, reading
 from mmfusion.tracking.contract import Tag
 
 
@@ -81,9 +82,6 @@ def download_bundle(run_id: str, dst: str | Path) -> Path:
     import logging
 
     import mlflow
-
-    from mmfusion.tracking.artifacts import get_run
-    from mmfusion.export import logged_model_id
 
     run = get_run(run_id)
     model_id = logged_model_id(run_id, "model")

@@ -4,6 +4,8 @@
     OnnxPredictor(model, artifacts)  raw rows -> predictions, after checking the files belong together
     download_onnx(run_id, dst)       a run's ONNX model and `onnx/` artifacts
 
+The export side (`mmfusion.export`) writes these files and imports this module; this module imports nothing from it.
+
 This path imports no torch, so rows can be scored from a run's artifacts with onnxruntime, numpy, pandas and
 `tokenizers` only.
 """
@@ -17,9 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from mmfusion.tracking.artifacts import ArtifactError, reading
 from mmfusion.errors import DataError
-from mmfusion.export.onnx import ONNX_DTYPES, sha256_bytes, sha256_file
+from mmfusion.hashing import sha256_bytes, sha256_file
+from mmfusion.serving.logged_models import logged_model_id
+from mmfusion.tracking.artifacts import ArtifactError, reading
 from mmfusion.tracking.contract import Tag
 
 if TYPE_CHECKING:
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 # Files under the run's `onnx/` artifact folder: with the ONNX logged model they are all `predict --onnx` needs.
 META_FILE, PARITY_FILE, INT8_FILE, PREPROCESSING_FILE, TOKENIZER_DIR = "onnx_meta.json", "onnx_parity.json", "onnx_int8.json", "preprocessing.json", "tokenizer"
 ONNX_MODEL_NAME, INT8_MODEL_NAME = "model_onnx", "model_onnx_int8"  # LoggedModels; not "onnx", which MLflow would list inside onnx/
+ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(double)": np.float64}  # input type -> numpy
 
 
 class OnnxScorer:
@@ -190,8 +194,6 @@ class OnnxPredictor:
 def download_onnx(run_id: str, dst: str | Path, int8: bool = False) -> tuple[Path, Path]:
     """-> (model.onnx, folder with the run's `onnx/` artifacts), downloaded into `dst`."""
     import mlflow
-
-    from mmfusion.export.tracking import logged_model_id  # here: tracking imports this module
 
     dst = Path(dst)
     name = INT8_MODEL_NAME if int8 else ONNX_MODEL_NAME

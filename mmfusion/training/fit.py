@@ -181,7 +181,7 @@ def _fit(cfg: Config, data: PreparedData, tokenizer, run_id: str, callbacks: lis
     backbone = load_text_backbone(cfg.model.text_encoder)
     n_classes = len(data.preprocessor.classes)
     model = build_model(cfg.model, backbone, data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, n_classes)
-    module = FusionClassifierModule(model, cfg.optim, n_classes, cfg.model.modality_dropout)
+    module = FusionClassifierModule(model, cfg.optim, n_classes, cfg.model.modality_dropout, data.preprocessor.class_counts)
     if cfg.trainer.compile and not cfg.model.freeze_text_encoder:
         backbone.compile(dynamic=True)  # in place: state-dict keys stay; dynamic: batch shapes vary (see results/bench.md)
     if cfg.model.freeze_text_encoder:

@@ -1,54 +1,12 @@
-"""Deterministic synthetic buyer-seller messaging data set (text + tabular).
-
-Each sample has a ground-truth informative modality (``true_modality``): the label is
-carried by one "key" message of the dialogue (``text``), by a shift of a few numeric
-features plus class-conditional shipping/payment methods (``tab``), or by both.
-Surface features (message count, character length, missing cells, categories) are
-independent of the informative modality by construction. ``category`` is independent of
-the label too, because the item named in the dialogue is drawn from it.
-"""
+"""The dialogues of the synthetic data set: message templates and `render_dialogues`, which writes one
+buyer-seller conversation per row around its key message."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import pandas as pd
 
-TEXT_COLUMN = "dialogue"
-NUMERIC_COLUMNS = ["order_value", "seller_rating", "delivery_days", "n_prior_orders", "refund_ratio"]
-INFORMATIVE_NUMERIC_COLUMNS = ["seller_rating", "delivery_days", "refund_ratio"]
-CATEGORICAL_COLUMNS = ["category", "shipping_method", "payment_method"]
-LABEL_COLUMN = "label"
-ID_COLUMN = "id"
-MODALITY_COLUMN = "true_modality"
-MODALITIES = ("text", "tab", "both")
+from mmfusion.data.synthetic.schema import ITEMS
 
-_BINARY_NAMES = ["resolved", "escalate"]
-_MULTI_NAMES = ["resolved", "damaged", "late", "wrong_item"]
-# Class prototypes (regular simplex) in the informative latent subspace (seller_rating,
-# delivery_days, refund_ratio). Columns sum to zero, so the class mixture has the null's
-# mean; each coordinate's values are also symmetric about 0, so odd unit maps keep it.
-_PROTOTYPES = {
-    2: [[1, -1, -1], [-1, 1, 1]],
-    3: [[1, -1, 0], [-1, 0, 1], [0, 1, -1]],
-    4: [[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]],
-}
-_POOL_NAMES = ["resolved", "escalate", "damaged", "late", "wrong_item"]
-_LENGTH_MU, _LENGTH_SIGMA = 0.7, 1.0  # n_messages = 2 + floor(LogNormal(mu, sigma))
-_CAT_STRENGTH = 0.6  # log-odds boost of class-preferred shipping/payment values
-
-_CATEGORIES = {  # category -> (marginal probability, item names)
-    "electronics": (0.22, "wireless earbuds|phone charger|bluetooth speaker|smart watch|laptop stand|USB hub|desk lamp|power bank"),
-    "clothing": (0.20, "wool jumper|denim jacket|pair of trainers|rain coat|linen shirt|leather belt|winter scarf|summer dress"),
-    "home": (0.18, "ceramic vase|coffee grinder|set of towels|cast iron pan|wall clock|bedside table|throw blanket|kettle"),
-    "books": (0.12, "cookbook|hardback novel|travel guide|box set of comics|language workbook|photo album|poetry collection|atlas"),
-    "toys": (0.10, "building block set|puzzle|plush bear|remote control car|board game|wooden train|kite|doll house"),
-    "beauty": (0.10, "face serum|hair dryer|perfume|makeup brush set|nail kit|beard trimmer|hand cream set|shampoo bundle"),
-    "sports": (0.08, "yoga mat|pair of dumbbells|bike helmet|tennis racket|running vest|water bottle|camping stove|skipping rope"),
-}
-_ITEMS = {cat: items.split("|") for cat, (_, items) in _CATEGORIES.items()}
-_SHIPPING = (["standard", "express", "economy", "pickup"], [0.45, 0.25, 0.2, 0.1])
-_PAYMENT = (["card", "paypal", "bank_transfer", "gift_card", "cash_on_delivery"], [0.45, 0.3, 0.1, 0.05, 0.1])
+POOL_NAMES = ["resolved", "escalate", "damaged", "late", "wrong_item"]  # key-message pools, indexed by `key_pool`
 _NAMES = ("Alice Ben Chloe Daniel Emma Farid Grace Hugo Isla Jamal Katie Liam Maya Noah Olga Priya "
           "Quinn Rosa Sam Tariq Uma Victor Wendy Xavier Yara Zoe Marco Lena Omar Sofia").split()
 _SHOPS = ("Brightside Goods, Maple & Co, The Little Store, Northwind Traders, Urban Nest, "
@@ -201,70 +159,7 @@ _CLASS_POOLS["escalate"] = (_CLASS_POOLS["damaged"] + _CLASS_POOLS["late"]
                             + _CLASS_POOLS["wrong_item"] + _ESCALATE_EXTRA)
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Parameters of the synthetic data set (see module docstring)."""
-
-    n_samples: int = 2000
-    n_classes: int = 2  # 2..4
-    frac_both: float = 0.0  # fraction "both"; the rest split evenly text/tab
-    text_signal: float = 1.0  # P(key message comes from the true label's pool)
-    tab_signal: float = 2.0  # shift of informative latent features, in SDs (Euclidean norm)
-    label_noise: float = 0.0  # fraction of labels replaced by a uniform random class
-    missing_rate: float = 0.05  # per numeric cell, independent of everything
-    max_messages: int = 24
-
-
-def class_names(n_classes: int) -> list[str]:
-    """Label names: ["resolved", "escalate"] for 2 classes, else the first k of
-    ["resolved", "damaged", "late", "wrong_item"]."""
-    if not 2 <= n_classes <= 4:
-        raise ValueError(f"n_classes must be in 2..4, got {n_classes}")
-    return list(_BINARY_NAMES) if n_classes == 2 else _MULTI_NAMES[:n_classes]
-
-
-def _validate(spec: SyntheticSpec) -> None:
-    class_names(spec.n_classes)
-    if spec.n_samples < 1 or spec.max_messages < 2:
-        raise ValueError("need n_samples >= 1 and max_messages >= 2")
-    for field in ("frac_both", "text_signal", "label_noise", "missing_rate"):
-        if not 0.0 <= getattr(spec, field) <= 1.0:
-            raise ValueError(f"{field} must be in [0, 1]")
-
-
-def _sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
-    """One categorical draw per row of an (n, V) probability matrix."""
-    cum = np.cumsum(probs, axis=1)
-    return np.minimum((rng.random(len(probs))[:, None] > cum[:, :-1]).sum(axis=1), probs.shape[1] - 1)
-
-
-def _class_conditional(rng: np.random.Generator, values: list[str], base: list[float],
-                       label: np.ndarray, k: int, informative: np.ndarray) -> np.ndarray:
-    """p_c for informative rows, mean_c(p_c) otherwise (identical marginals)."""
-    base = np.asarray(base, dtype=float)
-    tilt = np.array([[float(v % k == c) for v in range(len(base))] for c in range(k)])
-    p_c = base * np.exp(_CAT_STRENGTH * tilt)
-    p_c /= p_c.sum(axis=1, keepdims=True)
-    probs = np.where(informative[:, None], p_c[label], p_c.mean(axis=0))
-    return np.asarray(values, dtype=object)[_sample_rows(rng, probs)]
-
-
-def _to_units(z: np.ndarray) -> np.ndarray:
-    """Map standard-normal latents to realistic units, monotone per column.
-
-    Informative columns use maps odd-symmetric about the null median, so the class
-    mixture keeps the null mean in unit space too.
-    """
-    return np.column_stack([
-        np.round(np.exp(3.7 + 0.8 * z[:, 0]), 2),  # order_value, lognormal dollars
-        np.round(3.0 + 2.0 * np.tanh(0.5 * z[:, 1]), 2),  # seller_rating in (1, 5)
-        np.round(8.0 + 6.0 * np.tanh(0.45 * z[:, 2])),  # delivery_days in [2, 14]
-        np.floor(np.exp(1.0 + 1.1 * z[:, 3])),  # n_prior_orders >= 0
-        np.round(0.1 + 0.1 * np.tanh(0.5 * z[:, 4]), 4),  # refund_ratio in (0, 0.2)
-    ])
-
-
-def _render_dialogues(rng: np.random.Generator, n_msg: np.ndarray, key_pos: np.ndarray,
+def render_dialogues(rng: np.random.Generator, n_msg: np.ndarray, key_pos: np.ndarray,
                       key_pool: np.ndarray, text_inf: np.ndarray, category: np.ndarray,
                       amount: np.ndarray) -> list[str]:
     """Alternating Buyer/Seller messages; the key message sits at Buyer turn key_pos.
@@ -282,12 +177,12 @@ def _render_dialogues(rng: np.random.Generator, n_msg: np.ndarray, key_pos: np.n
     out = []
     for i in range(n):
         courier, prefix = _COURIERS[who[i, 2]]
-        items = _ITEMS[category[i]]
+        items = ITEMS[category[i]]
         slots = dict(name=_NAMES[who[i, 0]], shop=_SHOPS[who[i, 1]], courier=courier,
                      item=items[int(u[i, 3] * len(items))], weekday=_WEEKDAYS[who[i, 3]],
                      order=f"#{order_no[i]}", track=f"{prefix}{track_no[i]}", days=days[i],
                      n=flat[i], amount=f"${amount[i]:.2f}")
-        pool = _CLASS_POOLS[_POOL_NAMES[key_pool[i]]]
+        pool = _CLASS_POOLS[POOL_NAMES[key_pool[i]]]
         key = pool[int(u[i, 1] * len(pool))].format(**slots)
         if not text_inf[i]:
             n_chars, n_words = len(key), len(key.split())
@@ -308,54 +203,3 @@ def _render_dialogues(rng: np.random.Generator, n_msg: np.ndarray, key_pos: np.n
                 ns += 1
         out.append("\n".join(msgs))
     return out
-
-
-def make_synthetic(spec: SyntheticSpec, seed: int) -> pd.DataFrame:
-    """Generate the data set; identical output for identical (spec, seed)."""
-    _validate(spec)
-    rng = np.random.default_rng(seed)
-    n, k = spec.n_samples, spec.n_classes
-    names = class_names(k)
-    fb = spec.frac_both
-    modality = rng.choice(3, size=n, p=[(1 - fb) / 2, (1 - fb) / 2, fb])  # text, tab, both
-    text_inf, tab_inf = modality != 1, modality != 0
-    label = rng.integers(0, k, n)
-
-    # Tabular: latent N(0, I); tab-informative rows shifted along the class prototype.
-    cat_names = list(_CATEGORIES)
-    category = np.asarray(cat_names, dtype=object)[_sample_rows(
-        rng, np.tile([_CATEGORIES[c][0] for c in cat_names], (n, 1)))]
-    protos = np.asarray(_PROTOTYPES[k], dtype=float)
-    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
-    z = rng.standard_normal((n, len(NUMERIC_COLUMNS)))
-    inf_idx = [NUMERIC_COLUMNS.index(c) for c in INFORMATIVE_NUMERIC_COLUMNS]
-    z[:, inf_idx] += spec.tab_signal * protos[label] * tab_inf[:, None]
-    numeric = _to_units(z)
-    amount = numeric[:, 0].copy()
-    numeric[rng.random(numeric.shape) < spec.missing_rate] = np.nan
-    shipping = _class_conditional(rng, *_SHIPPING, label, k, tab_inf)
-    payment = _class_conditional(rng, *_PAYMENT, label, k, tab_inf)
-
-    # Text: heavy-tailed length, key message at a random Buyer turn.
-    n_msg = np.minimum(2 + np.floor(rng.lognormal(_LENGTH_MU, _LENGTH_SIGMA, n)).astype(int),
-                       spec.max_messages)
-    key_pos = 2 * np.floor(rng.random(n) * ((n_msg + 1) // 2)).astype(int)
-    key_class = np.where(rng.random(n) < spec.text_signal, label, rng.integers(0, k, n))
-    # Rows where text is uninformative get a label-independent shadow class; its message
-    # only sets the target length for the neutral key message.
-    key_class = np.where(text_inf, key_class, rng.integers(0, k, n))
-    key_pool = np.array([_POOL_NAMES.index(c) for c in names])[key_class]
-    dialogue = _render_dialogues(rng, n_msg, key_pos, key_pool, text_inf, category, amount)
-
-    noisy = rng.random(n) < spec.label_noise
-    label = np.where(noisy, rng.integers(0, k, n), label)
-
-    width = max(5, len(str(n - 1)))
-    df = pd.DataFrame({
-        ID_COLUMN: [f"s{i:0{width}d}" for i in range(n)], TEXT_COLUMN: dialogue,
-        **{col: numeric[:, j].astype(np.float64) for j, col in enumerate(NUMERIC_COLUMNS)},
-        "category": category, "shipping_method": shipping, "payment_method": payment,
-        LABEL_COLUMN: np.asarray(names, dtype=object)[label],
-        MODALITY_COLUMN: np.asarray(MODALITIES, dtype=object)[modality],
-    })
-    return df.astype({c: str for c in [ID_COLUMN, TEXT_COLUMN, *CATEGORICAL_COLUMNS, LABEL_COLUMN, MODALITY_COLUMN]})
