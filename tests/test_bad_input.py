@@ -132,7 +132,13 @@ ROWS: list[tuple[str, list[str], Callable[[Ctx], None] | None]] = [
     ("config-file-not-a-mapping", ["config", "--config", "{tmp}/list.yaml"], lambda c: c.file("list.yaml", "- a\n- b\n")),
     ("unknown-fusion", ["config", "model.fusion=nope"], None),
     ("unknown-precision", ["config", "trainer.precision=fp8"], None),
-    ("odd-n-experts", ["config", "model.n_experts=3"], None),
+    ("odd-n-experts", ["config", "model.fusion=moe_topk", "model.n_experts=3"], None),  # the old flat key: checked for moe_topk only
+    ("unknown-fusion-option", ["config", "model.fusion=moe", "model.fusion_options.n_experts=4"], None),
+    ("bad-fusion-option-value", ["config", "model.fusion=moe-mlp-hard", "model.fusion_options.routing=sometimes"], None),
+    ("unknown-preset", ["config", "model.fusion=moe-mlp-sometimes"], None),
+    ("preset-of-another-variant", ["config", "model.fusion=gate", "model.fusion_preset=moe-mlp-hard"], None),
+    ("option-in-both-forms", ["config", "model.fusion=moe", "model.router=mlp", "model.fusion_options.router=linear"], None),
+    ("heads-not-dividing-fusion-dim", ["config", "model.fusion=attention", "model.fusion_options.heads=3"], None),
     ("table-without-path", ["config", "data.source=table"], None),
     # -- config: bounds
     ("seed-negative", ["config", "seed=-1"], None),

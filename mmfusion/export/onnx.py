@@ -10,7 +10,6 @@ torch is imported inside the functions that need it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from pathlib import Path
@@ -34,59 +33,9 @@ ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(i
 OPSET = 17
 
 
-def _traceable_attention(mha) -> "torch.nn.Module | None":
-    """nn.MultiheadAttention written with plain tensor ops (same weights, same result), or None if it uses options
-    this does not cover. The TorchScript tracer bakes the sequence length of nn.MultiheadAttention as a constant."""
-    import math
-
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    if not (mha.batch_first and mha._qkv_same_embed_dim and mha.bias_k is None and not mha.add_zero_attn):
-        return None
-
-    class PlainAttention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.heads, self.in_proj_weight, self.in_proj_bias, self.out_proj = mha.num_heads, mha.in_proj_weight, mha.in_proj_bias, mha.out_proj
-
-        def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, average_attn_weights=True, is_causal=False):
-            b, _, d = query.shape
-            h = self.heads
-            wq, wk, wv = self.in_proj_weight.chunk(3)
-            bq, bk, bv = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
-            q, k, v = (F.linear(x, w, bias).reshape(b, -1, h, d // h).transpose(1, 2) for x, w, bias in ((query, wq, bq), (key, wk, bk), (value, wv, bv)))  # (B, h, L, hd)
-            scores = q @ k.transpose(-2, -1) / math.sqrt(d // h)  # (B, h, L, S)
-            if attn_mask is not None:
-                scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-            if key_padding_mask is not None:
-                scores = scores.masked_fill(key_padding_mask[:, None, None, :].bool(), float("-inf"))
-            attn = scores.softmax(-1)  # eval: no dropout
-            out = self.out_proj((attn @ v).transpose(1, 2).reshape(b, -1, d))
-            return out, (attn.mean(1) if average_attn_weights else attn) if need_weights else None
-
-    return PlainAttention()
-
-
 def _export_copy(model: "MultimodalClassifier") -> "MultimodalClassifier":
-    """An fp32 CPU eval copy that traces cleanly: padding chunks encoded and masked out, eager attention."""
-    import torch
-    from torch import nn
-
-    m = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    m.text_encoder.pack_chunks = False  # packing indexes real chunks data-dependently; same result (see TextEncoder)
-    backbone = m.text_encoder.backbone
-    if hasattr(backbone, "set_attn_implementation"):
-        try:  # eager attention: additive finite masks, so a fully padded chunk stays finite (no NaN from SDPA)
-            backbone.set_attn_implementation("eager")
-        except (ValueError, NotImplementedError):
-            pass
-    for parent in list(m.fusion.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.MultiheadAttention) and (plain := _traceable_attention(child)) is not None:
-                setattr(parent, name, plain)
-    return m
+    """The copy that gets traced: the model's own `export_copy` (its fusion variant decides what traces cleanly)."""
+    return model.export_copy()
 
 
 def _example_inputs(batch: dict) -> tuple:
@@ -166,7 +115,7 @@ def export_onnx(model: "MultimodalClassifier", example_batch: dict, path: str | 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = Exportable(_export_copy(model)).eval()
+    wrapper = Exportable(_export_copy(model)).eval()  # a traceable copy; the model is left as it was
     wrapper.example = args = _example_inputs(example_batch)
     with torch.no_grad():
         n_out = len(wrapper(*args))

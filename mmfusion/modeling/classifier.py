@@ -49,6 +49,23 @@ class MultimodalClassifier(nn.Module):
             h_text = self.chunk_pool(chunks, chunk_mask)
         return h_text, chunks, self.tab_encoder(numeric, categorical)
 
+    def export_copy(self) -> "MultimodalClassifier":
+        """An fp32 CPU eval copy that the ONNX exporters trace cleanly: padding chunks encoded and masked out (no
+        data-dependent packing; same result), eager attention (finite masks: a fully padded chunk stays finite, no NaN
+        from SDPA), and the fusion's own `export_copy`."""
+        import copy
+
+        m = copy.deepcopy(self).to("cpu", torch.float32).eval()
+        m.text_encoder.pack_chunks = False
+        backbone = m.text_encoder.backbone
+        if hasattr(backbone, "set_attn_implementation"):
+            try:
+                backbone.set_attn_implementation("eager")
+            except (ValueError, NotImplementedError):
+                pass
+        m.fusion = m.fusion.export_copy()
+        return m
+
     def classify(self, h_text, h_tab, chunks, chunk_mask) -> ModelOutput:
         """Fusion + head on encoded inputs (lets faithfulness checks swap one modality without re-encoding)."""
         out = self.fusion(h_text, h_tab, chunks, chunk_mask)
@@ -77,4 +94,11 @@ def build_model(cfg: ModelConfig, backbone: nn.Module, n_numeric: int, cardinali
     tab = TabularEncoder(n_numeric, cardinalities, cfg.category_embed_dim, cfg.tab_hidden, cfg.tab_dim, cfg.dropout)
     fusion = create_fusion(cfg.fusion, text.hidden_size, tab.out_dim, cfg)
     pool = AttentionChunkPool(text.hidden_size, cfg.fusion_dim) if cfg.chunk_pooling == "attention" else None
-    return MultimodalClassifier(text, tab, fusion, n_classes, pool).train()  # from_pretrained leaves the encoder in eval mode
+    model = MultimodalClassifier(text, tab, fusion, n_classes, pool).train()  # from_pretrained leaves the encoder in eval mode
+    # a modality the variant never reads (the ablations) trains nothing: no parameter is left without a gradient
+    unread = {"text": [text, pool], "tab": [tab]}
+    for modality in set(unread) - set(fusion.reads):
+        for part in unread[modality]:
+            if part is not None:
+                part.requires_grad_(False)
+    return model

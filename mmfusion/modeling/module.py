@@ -123,13 +123,6 @@ class FusionClassifierModule(L.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
         return loss
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # Parameters a variant leaves unused (e.g. moe_topk's noise net under hard routing) get a zero gradient, so
-        # every parameter has optimizer state and sharded checkpoints always hold the same keys to resume from.
-        for p in self.model.parameters():
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
-
     # ---- evaluation ----------------------------------------------------------------------------------------------
 
     def _collect(self, batch: dict) -> None:
