@@ -177,6 +177,8 @@ ROWS: list[tuple[str, list[str], Callable[[Ctx], None] | None]] = [
     ("train-non-numeric-values", [*TRAIN, *TABLE], _table(order_value=["cheap"])),
     ("train-inf-in-numeric-column", [*TRAIN, *TABLE], _table(order_value=[float("inf"), float("-inf")])),
     ("train-single-class", [*TRAIN, *TABLE], _table(label=[0] * 6)),
+    ("train-missing-text-column-among-several", [*TRAIN, *TABLE, "data.text_columns=[dialogue,title]"], _table()),
+    ("train-text-column-listed-twice", [*TRAIN, "data.text_columns=[dialogue,dialogue]"], None),
     ("train-unknown-numeric-transform", [*TRAIN, "data.numeric_transform=boxcox"], None),
     ("train-quantile-on-constant-column", [*TRAIN, *TABLE, "data.numeric_transform=quantile", "data.test_fraction=0.34"], _table(order_value=[5.0] * 6)),
     ("train-min-category-count-zero", [*TRAIN, "data.min_category_count=0"], None),

@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
 
             predictor = load_predictor(args.run_id, tmp)  # safetensors + JSON/YAML, checked against the run's hashes
             pre = predictor.pre
-            check_columns(frame, [pre.text_column, *pre.numeric, *pre.categorical], args.input)
+            check_columns(frame, [*pre.texts, *pre.numeric, *pre.categorical], args.input)
             check_numeric(frame, list(pre.numeric), args.input)
             result = predictor.predict(frame)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ class DataConfig(Strict):
     path: str | None = None
     test_path: str | None = None
     text_column: str = "dialogue"
+    text_columns: list[str] | None = Field(None, min_length=1)  # several text columns (e.g. [title, review]); null: [text_column]
     numeric_columns: list[str] | None = None  # None: the synthetic set's columns; [] for a table means none
     categorical_columns: list[str] | None = None
     label_column: str = "label"
@@ -40,6 +41,13 @@ class DataConfig(Strict):
     split_seed: Seed | None = None  # seed of the synthetic data and the train/val/test split; null: the run's `seed`
     cache_dir: str | None = ".mmfusion_cache"  # chunk embeddings of a frozen encoder; null disables
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("text_columns")
+    @classmethod
+    def _distinct_text_columns(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"lists a column twice: {value}")
+        return value
 
     @field_validator("cache_dir")
     @classmethod

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical")
+COLUMN_INPUT = "chunk_column"  # (B, C) which text column each chunk came from: only models with several text columns
 OUTPUTS = ("probs", "modality_weights", "expert_weights")
-DYNAMIC_AXES = {"input_ids": {0: "batch", 1: "chunks", 2: "tokens"}, "attention_mask": {0: "batch", 1: "chunks", 2: "tokens"}, "chunk_mask": {0: "batch", 1: "chunks"}, "numeric": {0: "batch"}, "categorical": {0: "batch"}}
+DYNAMIC_AXES = {"input_ids": {0: "batch", 1: "chunks", 2: "tokens"}, "attention_mask": {0: "batch", 1: "chunks", 2: "tokens"}, "chunk_mask": {0: "batch", 1: "chunks"}, "numeric": {0: "batch"}, "categorical": {0: "batch"}, COLUMN_INPUT: {0: "batch", 1: "chunks"}}
 ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(double)": np.float64}
 OPSET = 17
 
@@ -38,16 +39,21 @@ def _export_copy(model: "MultimodalClassifier") -> "MultimodalClassifier":
     return model.export_copy()
 
 
-def _example_inputs(batch: dict) -> tuple:
+def input_names(model: "MultimodalClassifier") -> tuple[str, ...]:
+    """The graph's inputs: `INPUTS`, plus `chunk_column` when the model embeds which text column a chunk came from."""
+    return (*INPUTS, COLUMN_INPUT) if getattr(model, "column_embedding", None) is not None else INPUTS
+
+
+def _example_inputs(batch: dict, names: tuple[str, ...] = INPUTS) -> tuple:
     """Example tensors with batch >= 2 and chunks >= 2: a size-1 dimension could be specialised as static."""
     import torch
 
-    x = {k: _tensor(batch[k]) for k in INPUTS}
+    x = {k: _tensor(batch[k]) for k in names}
     if x["chunk_mask"].shape[1] < 2:  # add one padding chunk
         x = _pad(x, chunks=1)
     if x["chunk_mask"].shape[0] < 2:  # repeat the sample
         x = {k: torch.cat([v, v], 0) for k, v in x.items()}
-    return tuple(x[k] for k in INPUTS)
+    return tuple(x[k] for k in names)
 
 
 def _tensor(value) -> "torch.Tensor":
@@ -64,7 +70,9 @@ def _pad(x: dict, chunks: int = 0, tokens: int = 0) -> dict:
     x = dict(x)
     for k in ("input_ids", "attention_mask"):
         x[k] = F.pad(x[k], (0, tokens, 0, chunks))
-    x["chunk_mask"] = F.pad(x["chunk_mask"], (0, chunks))
+    for k in ("chunk_mask", COLUMN_INPUT):
+        if k in x:
+            x[k] = F.pad(x[k], (0, chunks))
     return x
 
 
@@ -77,12 +85,12 @@ def _probe(wrapper, path: Path) -> bool:
 
     try:
         session = OnnxScorer(path)
-        x = {k: v for k, v in zip(INPUTS, wrapper.example)}
-        small = {k: v[:1, :1] if v.dim() > 2 or k == "chunk_mask" else v[:1] for k, v in x.items()}
+        x = {k: v for k, v in zip(wrapper.names, wrapper.example)}
+        small = {k: v[:1, :1] if v.dim() > 2 or k in ("chunk_mask", COLUMN_INPUT) else v[:1] for k, v in x.items()}
         big = _pad({k: v[:2] for k, v in x.items()}, chunks=1, tokens=1)
         for probe in (small, big):
             with torch.no_grad():
-                want = wrapper(*(probe[k] for k in INPUTS))
+                want = wrapper(*(probe[k] for k in wrapper.names))
             got = session(probe)
             if any(_max_abs(got[n], w.numpy()) > 1e-3 for n, w in zip(session.output_names, want)):
                 return False
@@ -108,29 +116,31 @@ def export_onnx(model: "MultimodalClassifier", example_batch: dict, path: str | 
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, chunk_mask, numeric, categorical):
-            out = self.inner(input_ids, attention_mask, chunk_mask, numeric, categorical)
+        def forward(self, input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_column=None):
+            out = self.inner(input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_column=chunk_column)
             outs = (out.logits.float().softmax(-1), out.modality_weights.float())
             return outs if out.expert_weights is None else (*outs, out.expert_weights.float())
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = Exportable(_export_copy(model)).eval()  # a traceable copy; the model is left as it was
-    wrapper.example = args = _example_inputs(example_batch)
+    wrapper.names = inputs = input_names(model)
+    wrapper.example = args = _example_inputs(example_batch, inputs)
+    axes_in = {k: DYNAMIC_AXES[k] for k in inputs}
     with torch.no_grad():
         n_out = len(wrapper(*args))
     names = list(OUTPUTS[:n_out])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; parity is the real check
         if not dynamo:
-            axes = {**DYNAMIC_AXES, **{n: {0: "batch"} for n in names}}
-            torch.onnx.export(wrapper, args, str(path), input_names=list(INPUTS), output_names=names, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+            axes = {**axes_in, **{n: {0: "batch"} for n in names}}
+            torch.onnx.export(wrapper, args, str(path), input_names=list(inputs), output_names=names, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
             if dynamo is False or _probe(wrapper, path):
                 return path
             log.info("falling back to the dynamo ONNX exporter")
         dims = {"batch": torch.export.Dim("batch", min=1), "chunks": torch.export.Dim("chunks", min=1), "tokens": torch.export.Dim("tokens", min=2)}
-        shapes = {k: {i: dims[n] for i, n in ax.items()} for k, ax in DYNAMIC_AXES.items()}
-        prog = torch.onnx.export(wrapper, args, input_names=list(INPUTS), output_names=names, dynamic_shapes=shapes, dynamo=True, verbose=False)
+        shapes = {k: {i: dims[n] for i, n in ax.items()} for k, ax in axes_in.items()}
+        prog = torch.onnx.export(wrapper, args, input_names=list(inputs), output_names=names, dynamic_shapes=shapes, dynamo=True, verbose=False)
         prog.save(str(path), external_data=False)
     return path
 

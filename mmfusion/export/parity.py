@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmfusion.export.onnx import INPUTS, _tensor
+from mmfusion.export.onnx import _tensor, input_names
 from mmfusion.serving.onnx_scorer import OnnxScorer
 from mmfusion.progress import progress
 
@@ -53,8 +53,8 @@ def check_parity(model: "MultimodalClassifier", scorer: OnnxScorer, batches: lis
     try:
         with torch.inference_mode():
             for batch in progress(batches, "ONNX parity check", unit="batches"):
-                x = {k: _tensor(batch[k]) for k in INPUTS}
-                out = ref(*(x[k] for k in INPUTS))
+                x = {k: _tensor(batch[k]) for k in input_names(ref)}
+                out = ref(**x)
                 want = {"probs": out.logits.float().softmax(-1).numpy(), "modality_weights": out.modality_weights.float().numpy()}
                 if out.expert_weights is not None:
                     want["expert_weights"] = out.expert_weights.float().numpy()

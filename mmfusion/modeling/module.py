@@ -19,7 +19,7 @@ from mmfusion.errors import ConfigError
 from mmfusion.modeling.metrics import attribution_auroc, classification_metrics, faithfulness, modality_drops
 from mmfusion.modeling.classifier import ModelOutput, MultimodalClassifier, blank_modalities
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings")
+MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings", "chunk_column")
 
 
 def check_class_weights(optim: OptimConfig, n_classes: int) -> None:

@@ -36,7 +36,7 @@ def split_source(cfg: Config, split: str, seed: int) -> str:
 
 
 def split_digests(data: PreparedData) -> dict[str, str]:
-    used = [c for c in (data.columns["text"], data.columns["label"], *data.columns["numeric"], *data.columns["categorical"], data.columns["id"]) if c]
+    used = [c for c in (*data.columns["texts"], data.columns["label"], *data.columns["numeric"], *data.columns["categorical"], data.columns["id"]) if c]
     return {split: fingerprint([s.frame], used) for split, s in data.splits.items()}
 
 
@@ -44,7 +44,7 @@ def log_inputs(cfg: Config, data: PreparedData) -> None:
     """Into the active run: one dataset per split, context training / validation / test."""
     seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
     name = data_name(cfg)
-    used = [c for c in (data.columns["text"], *data.columns["numeric"], *data.columns["categorical"], data.columns["label"]) if c]
+    used = [c for c in (*data.columns["texts"], *data.columns["numeric"], *data.columns["categorical"], data.columns["label"]) if c]
     for split, digest in split_digests(data).items():
         source = split_source(cfg, split, seed)
         src = CodeDatasetSource({"mmfusion.source": source}) if cfg.data.source == "synthetic" else source

@@ -180,7 +180,7 @@ def _fit(cfg: Config, data: PreparedData, tokenizer, run_id: str, callbacks: lis
     """Train + evaluate in this process (one rank of a job, or the whole job)."""
     backbone = load_text_backbone(cfg.model.text_encoder)
     n_classes = len(data.preprocessor.classes)
-    model = build_model(cfg.model, backbone, data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, n_classes)
+    model = build_model(cfg.model, backbone, data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, n_classes, len(data.preprocessor.texts))
     module = FusionClassifierModule(model, cfg.optim, n_classes, cfg.model.modality_dropout, data.preprocessor.class_counts)
     if cfg.trainer.compile and not cfg.model.freeze_text_encoder:
         backbone.compile(dynamic=True)  # in place: state-dict keys stay; dynamic: batch shapes vary (see results/bench.md)
@@ -257,7 +257,7 @@ def _full_model(cfg: Config, module: FusionClassifierModule, backbone_config, da
     from transformers import AutoModel
 
     state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    copy = build_model(cfg.model, AutoModel.from_config(backbone_config), data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes))
+    copy = build_model(cfg.model, AutoModel.from_config(backbone_config), data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes), len(data.preprocessor.texts))
     if state:  # rank 0 receives the full state; the others get an empty dict
         copy.load_state_dict(state)
     return copy.eval()
@@ -265,7 +265,7 @@ def _full_model(cfg: Config, module: FusionClassifierModule, backbone_config, da
 
 def _input_columns(data: PreparedData) -> list[str]:
     c = data.columns
-    return [c["id"], c["text"], *c["numeric"], *c["categorical"]]
+    return [c["id"], *c["texts"], *c["numeric"], *c["categorical"]]
 
 
 def _output_columns(frame: pd.DataFrame) -> list[str]:
