@@ -13,7 +13,7 @@ import pkgutil
 import sys
 import traceback
 
-from mmfusion import commands
+from mmfusion import commands, progress
 from mmfusion.errors import Interrupted, UserError
 
 
@@ -26,6 +26,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mmfusion", description="Multimodal (text + tabular) fusion zoo")
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars or progress lines (results and errors still print)")
     sub = ap.add_subparsers(dest="command", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"mmfusion.commands.{info.name}")
@@ -37,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    progress.set_quiet(args.quiet)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmfusion").setLevel(logging.INFO)
     try:

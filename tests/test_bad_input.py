@@ -132,7 +132,13 @@ ROWS: list[tuple[str, list[str], Callable[[Ctx], None] | None]] = [
     ("config-file-not-a-mapping", ["config", "--config", "{tmp}/list.yaml"], lambda c: c.file("list.yaml", "- a\n- b\n")),
     ("unknown-fusion", ["config", "model.fusion=nope"], None),
     ("unknown-precision", ["config", "trainer.precision=fp8"], None),
-    ("odd-n-experts", ["config", "model.n_experts=3"], None),
+    ("odd-n-experts", ["config", "model.fusion=moe_topk", "model.n_experts=3"], None),  # the old flat key: checked for moe_topk only
+    ("unknown-fusion-option", ["config", "model.fusion=moe", "model.fusion_options.n_experts=4"], None),
+    ("bad-fusion-option-value", ["config", "model.fusion=moe-mlp-hard", "model.fusion_options.routing=sometimes"], None),
+    ("unknown-preset", ["config", "model.fusion=moe-mlp-sometimes"], None),
+    ("preset-of-another-variant", ["config", "model.fusion=gate", "model.fusion_preset=moe-mlp-hard"], None),
+    ("option-in-both-forms", ["config", "model.fusion=moe", "model.router=mlp", "model.fusion_options.router=linear"], None),
+    ("heads-not-dividing-fusion-dim", ["config", "model.fusion=attention", "model.fusion_options.heads=3"], None),
     ("table-without-path", ["config", "data.source=table"], None),
     # -- config: bounds
     ("seed-negative", ["config", "seed=-1"], None),
@@ -171,6 +177,8 @@ ROWS: list[tuple[str, list[str], Callable[[Ctx], None] | None]] = [
     ("train-non-numeric-values", [*TRAIN, *TABLE], _table(order_value=["cheap"])),
     ("train-inf-in-numeric-column", [*TRAIN, *TABLE], _table(order_value=[float("inf"), float("-inf")])),
     ("train-single-class", [*TRAIN, *TABLE], _table(label=[0] * 6)),
+    ("train-missing-text-column-among-several", [*TRAIN, *TABLE, "data.text_columns=[dialogue,title]"], _table()),
+    ("train-text-column-listed-twice", [*TRAIN, "data.text_columns=[dialogue,dialogue]"], None),
     ("train-unknown-numeric-transform", [*TRAIN, "data.numeric_transform=boxcox"], None),
     ("train-quantile-on-constant-column", [*TRAIN, *TABLE, "data.numeric_transform=quantile", "data.test_fraction=0.34"], _table(order_value=[5.0] * 6)),
     ("train-min-category-count-zero", [*TRAIN, "data.min_category_count=0"], None),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmfusion.config import Config, flatten, load_config, resolved_dict, to_yaml
+from mmfusion.config import Config, build_config, flatten, load_config, resolved_dict, to_yaml
 from mmfusion.errors import ConfigError, UserError
 from mmfusion.fusion import list_fusions
 
@@ -217,9 +217,32 @@ def test_table_source_needs_path():
 
 
 def test_odd_n_experts():
-    msg = config_error(["model.n_experts=3"])
-    assert "model.n_experts" in msg and "even" in msg
-    assert load_config(None, ["model.n_experts=6"]).model.n_experts == 6
+    msg = config_error(["model.fusion=moe_topk", "model.fusion_options.n_experts=3"])
+    assert "model.fusion_options: n_experts of fusion 'moe_topk'" in msg and "even" in msg
+    assert load_config(None, ["model.fusion=moe_topk", "model.fusion_options.n_experts=6"]).model.fusion_options["n_experts"] == 6
+
+
+def test_variant_options_are_checked_only_for_their_variant():
+    # attention's heads must divide fusion_dim; other variants have no heads to check
+    assert load_config(None, ["model.fusion=concat", "model.fusion_dim=30"]).model.fusion_dim == 30
+    msg = config_error(["model.fusion=attention", "model.fusion_dim=30"])
+    assert msg.endswith("model.fusion_dim (30) must be divisible by model.fusion_options.heads (4)")
+    assert load_config(None, ["model.fusion=attention", "model.fusion_dim=30", "model.fusion_options.heads=3"]).model.fusion_options == {"layers": 1, "heads": 3}
+    msg = config_error(["model.fusion=moe", "model.fusion_options.rooter=mlp"])
+    assert "'rooter' is not an option of fusion 'moe'; its options: router (default 'linear'), routing (default 'soft'), gumbel_temperature" in msg
+    msg = config_error(["model.fusion=moe", "model.fusion_options.routing=sometimes"])
+    assert "routing of fusion 'moe': Input should be 'soft' or 'hard' (got 'sometimes')" in msg
+
+
+def test_a_preset_resolves_to_its_variant_and_options_and_rebuilds():
+    cfg = load_config(None, ["model.fusion=moe-mlp-hard", "model.fusion_options.gumbel_temperature=0.5"])
+    assert (cfg.model.fusion, cfg.model.fusion_preset) == ("moe", "moe-mlp-hard")
+    assert cfg.model.fusion_options == {"router": "mlp", "routing": "hard", "gumbel_temperature": 0.5}  # preset, then overrides
+    again = build_config(resolved_dict(cfg))
+    assert again == cfg and resolved_dict(cfg)["model"]["fusion_preset"] == "moe-mlp-hard"
+    assert "not a preset of fusion 'gate'" in config_error(["model.fusion=gate", "model.fusion_preset=moe-mlp-hard"])
+    # a new model.fusion starts from its own options, not those of the file's fusion
+    assert load_config(QUICKSTART, ["model.fusion=moe_topk"]).model.fusion_options["router"] == "linear"
 
 
 def test_several_problems_all_reported():
@@ -266,9 +289,11 @@ def test_cli_config_prints_resolved_yaml(tmp_path):
     assert resolved["seed"] == 7 and resolved["trainer"]["max_epochs"] == 20
 
 
-def test_cli_fusions_lists_moe(tmp_path):
+def test_cli_fusions_lists_variants_options_and_presets(tmp_path):
     proc = run_cli(["fusions"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip() and not line.startswith(" ")]
     assert "moe" in names
     assert names == list_fusions()
+    assert "options (model.fusion_options): router=linear, routing=soft, gumbel_temperature=1.0" in proc.stdout
+    assert "preset moe-mlp-hard: router=mlp, routing=hard" in proc.stdout and "preset moe_topk-mlp-hard: router=mlp" in proc.stdout

@@ -13,7 +13,7 @@ import pytest
 from mmfusion.cli import main as cli
 from mmfusion.config import load_config
 from mmfusion.data.tabular import TabularPreprocessor
-from mmfusion.analysis.inspection import build_report, gate_by_dimension, strongest_tabular, weight_figures
+from mmfusion.analysis.inspection import build_report, fusion_diagnostics, strongest_tabular, weight_figures
 from mmfusion.analysis.plots import plt
 from mmfusion.jobs.train import train
 
@@ -37,7 +37,9 @@ def test_run_logs_the_weight_plots(gate_run):
 
 def test_gate_per_dimension_averages_to_w_text(gate_run):
     result, _, _ = gate_run
-    mean, std = gate_by_dimension(result.module.model, result.data.splits["test"], pad_id=0, batch_size=7)
+    diagnostics = fusion_diagnostics(result.module.model, result.data.splits["test"], pad_id=0, batch_size=7)
+    assert set(diagnostics) == {"gate"}  # what the variant offers (Fusion.diagnostics), not found by attribute name
+    mean, std = diagnostics["gate"]
     assert mean.shape == std.shape == (16,) and ((mean > 0) & (mean < 1)).all()
     # gate's w_text is the per-sample mean over dimensions, so both averages agree
     assert mean.mean() == pytest.approx(result.predictions["w_text"].mean(), abs=1e-5)
@@ -99,12 +101,14 @@ def test_every_weight_figure_is_labelled():
     frame = pd.DataFrame({"label": rng.choice(["a", "b"], 30), "pred": rng.choice(["a", "b"], 30), "w_text": rng.random(30)})
     frame = frame.assign(**{f"expert_{e}": rng.random(30) for e in range(4)})
     frames = {"train": frame, "val": frame.head(20), "test": frame.tail(20)}
-    figures = weight_figures(frames, "moe_topk", [rng.random(20), rng.random(20)], gate=(rng.random(16), rng.random(16) / 10, "test"))
+    figures = weight_figures(frames, "moe_topk", [rng.random(20), rng.random(20)], {"gate": (rng.random(16), rng.random(16) / 10, "test")}, ["text", "text", "tab", "tab"])
     assert set(figures) == {"w_text_correct_vs_wrong", "w_text_over_epochs", "expert_load", "gate_by_dimension"}
     for name, fig in figures.items():
         for ax in fig.axes:
             assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None, name
         plt.close(fig)
+    labels = [t.get_text() for t in figures["expert_load"].axes[0].get_xticklabels()]
+    assert labels == ["0\ntext", "1\ntext", "2\ntable", "3\ntable"]  # what the variant says each expert reads
 
 
 def test_notebook_executes_against_the_run(gate_run, monkeypatch, tmp_path):

@@ -70,7 +70,7 @@ def test_config_errors_end_the_study_before_any_trial(mlflow_uri, study_override
 
 def test_nested_runs_pruning_and_a_failing_trial(mlflow_uri, study_overrides):
     space = "study.search_space={optim.lr: {type: categorical, choices: [0.03, 1.0e-7]}, model.fusion_dim: {type: categorical, choices: [16, 30]}}"
-    cfg = load_config(None, [*study_overrides, space, "study.study_name=s1", "study.n_trials=3", "study.pruner.n_startup_trials=1"])
+    cfg = load_config(None, [*study_overrides, space, "model.fusion=attention", "study.study_name=s1", "study.n_trials=3", "study.pruner.n_startup_trials=1"])
     study = optuna.create_study(study_name="s1", storage="sqlite:///optuna.db", direction="minimize")
     # a learning trial, one that cannot learn (pruned after its first epoch), one whose combination is invalid
     # (fusion_dim 30 with 4 attention heads: the trial fails, the study goes on), and another that cannot learn
@@ -93,7 +93,7 @@ def test_nested_runs_pruning_and_a_failing_trial(mlflow_uri, study_overrides):
     assert len(client.get_metric_history(runs[0].info.run_id, "val_loss")) == 2  # every epoch
     assert len(client.get_metric_history(runs[1].info.run_id, "val_loss")) == 1  # stopped after the first epoch
     assert "pruned at epoch 0" in runs[1].data.tags["mmfusion.pruned"] and "mmfusion.error" not in runs[1].data.tags
-    assert "divisible by model.attention_heads" in runs[2].data.tags["mmfusion.error"]
+    assert "divisible by model.fusion_options.heads" in runs[2].data.tags["mmfusion.error"]
     assert runs[0].data.metrics["val_loss"] == pytest.approx(trials[0].value)
     assert {"test_accuracy", "train_seconds"} <= set(runs[0].data.metrics)  # a complete trial is a complete train run
     assert {"config.yaml", "predictions"} <= {a.path for a in client.list_artifacts(runs[0].info.run_id)}

@@ -34,8 +34,10 @@ def test_attribution_yaml_is_the_weighted_variants_by_router_and_routing():
     for fusion in ("moe", "moe_topk"):
         for router in ("linear", "mlp"):
             for routing in ("soft", "hard"):
-                model = by_label[f"{fusion}-{router}-{routing}"]
-                assert (model.fusion, model.router, model.routing) == (fusion, router, routing)
+                model = by_label[f"{fusion}-{router}-{routing}"]  # a preset: its label is its name
+                variant = "moe_topk_hard" if (fusion, routing) == ("moe_topk", "hard") else fusion
+                assert (model.fusion, model.fusion_preset, model.fusion_options["router"]) == (variant, f"{fusion}-{router}-{routing}", router)
+                assert model.fusion_options.get("routing", routing) == routing
 
 
 def test_variant_options_grid_labels_and_vary_data():
@@ -44,7 +46,7 @@ def test_variant_options_grid_labels_and_vary_data():
     ms = members(cfg, seeds=[1, 2])
     assert [(m.label, m.seed) for m in ms] == [("moe(router=mlp,routing=soft)", 1), ("moe(router=mlp,routing=soft)", 2),
                                                ("moe(router=mlp,routing=hard)", 1), ("moe(router=mlp,routing=hard)", 2), ("g3", 1), ("g3", 2)]
-    assert ms[2].cfg.model.routing == "hard" and ms[4].cfg.model.dropout == 0.3 and ms[0].cfg.model.dropout == 0.1
+    assert ms[2].cfg.model.fusion_options["routing"] == "hard" and ms[4].cfg.model.dropout == 0.3 and ms[0].cfg.model.dropout == 0.1
     assert [m.cfg.data.split_seed for m in ms[:2]] == [1, 2]  # vary_data: each seed its own data, shared by variants
     assert members(cfg, only=["g3"], seeds=[0])[0].label == "g3"
     with pytest.raises(ConfigError, match="unknown label"):
@@ -92,7 +94,7 @@ def test_two_variants_two_seeds_with_tiny_bert(mlflow_uri, tiny_overrides, tmp_p
     assert sorted(zip(children["tags.mmfusion.zoo.label"], children["params.seed"])) == [("concat", "0"), ("concat", "1"), ("moe-mlp-hard", "0"), ("moe-mlp-hard", "1")]
     assert children["tags.mmfusion.data_fingerprint"].nunique() == 1  # same data for every member ...
     assert set(children["params.data.split_seed"]) == {"42"}  # ... the base config's seed pins it
-    assert set(children[children["tags.mmfusion.zoo.label"] == "moe-mlp-hard"]["params.model.routing"]) == {"hard"}
+    assert set(children[children["tags.mmfusion.zoo.label"] == "moe-mlp-hard"]["params.model.fusion_options.routing"]) == {"hard"}
     for key in ("n_params", "n_trainable_params", "n_fusion_params", "train_samples_per_second"):
         assert (children[f"metrics.{key}"] > 0).all(), key
     assert (children.groupby("tags.mmfusion.zoo.label")["metrics.n_fusion_params"].nunique() == 1).all()

@@ -3,13 +3,11 @@
 A report reads a run back from MLflow (predictions, config, preprocessing, plots) plus the data the config names,
 and holds: the samples that leaned most on the text and on the table (with a dialogue snippet and the strongest
 tabular values), w_text statistics per class (and per truly informative modality on synthetic data, with
-`attribution_auroc`), and the run's plots. `format_text` prints it; `to_html` makes one self-contained page.
+`attribution_auroc`), and the run's plots. rendering.py prints it (`format_text`) or makes one page (`to_html`).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +32,9 @@ SNIPPET_CHARS = 100
 # ---- plots logged by every run -----------------------------------------------------------------------------------
 
 
-def gate_by_dimension(model: "MultimodalClassifier", split: "Split", pad_id: int, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Gate fusion: per fused dimension, mean and std over the split's samples of g = sigmoid(gate(...)) -> (F,), (F,)."""
+def fusion_diagnostics(model: "MultimodalClassifier", split: "Split", pad_id: int, batch_size: int = 64) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The variant's per-sample diagnostics (`Fusion.diagnostics`, e.g. gate's g) over a split: name -> per dimension,
+    mean and std over the samples, (D,), (D,). Empty for a variant without any."""
     from functools import partial
 
     import torch
@@ -44,34 +43,42 @@ def gate_by_dimension(model: "MultimodalClassifier", split: "Split", pad_id: int
     from mmfusion.data.datamodule import SplitDataset, collate
     from mmfusion.modeling.module import MODEL_INPUTS
 
-    gates: list[torch.Tensor] = []
-    hook = model.fusion.gate.register_forward_hook(lambda mod, inp, out: gates.append(torch.sigmoid(out.float()).cpu()))
+    found: dict[str, list[torch.Tensor]] = {}
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for batch in DataLoader(SplitDataset(split), batch_size=batch_size, collate_fn=partial(collate, pad_id=pad_id)):
-                model(**{k: batch[k].to(device) for k in MODEL_INPUTS if k in batch})
+                x = [batch[k].to(device) if batch.get(k) is not None else None for k in MODEL_INPUTS]
+                h_text, chunks, h_tab = model.encode(*x)
+                for name, value in model.fusion.diagnostics(h_text, h_tab, chunks, x[2]).items():
+                    found.setdefault(name, []).append(value.float().cpu())
     finally:
-        hook.remove()
         model.train(was_training)
-    g = torch.cat(gates).numpy()
-    return g.mean(0), g.std(0)
+    return {name: (torch.cat(v).numpy().mean(0), torch.cat(v).numpy().std(0)) for name, v in found.items()}
 
 
-def weight_figures(frames: dict[str, pd.DataFrame], fusion: str, epoch_weights: list | None = None, gate: tuple[np.ndarray, np.ndarray, str] | None = None) -> dict:
-    """name -> matplotlib figure, beside router_weights.png (by split, class, informative modality)."""
+def expert_modalities(model_cfg) -> list[str] | None:
+    """The modality each expert of the configured variant reads (None: not a mixture of experts)."""
+    from mmfusion.fusion import FUSIONS
+
+    variant = FUSIONS.get(model_cfg.fusion)
+    return variant.expert_modalities(variant.Options.model_validate(model_cfg.fusion_options))
+
+
+def weight_figures(frames: dict[str, pd.DataFrame], fusion: str, epoch_weights: list | None = None, diagnostics: dict | None = None, experts: list[str] | None = None) -> dict:
+    """name -> matplotlib figure, beside router_weights.png (by split, class, informative modality). `diagnostics`:
+    name -> (mean, std, split) per dimension; `experts`: the modality each expert reads."""
     from mmfusion.analysis import plots
 
     figures = {"w_text_correct_vs_wrong": plots.correctness_figure(frames, fusion)}
     if epoch_weights:
         figures["w_text_over_epochs"] = plots.epochs_figure([np.asarray(w) for w in epoch_weights], fusion)
     if any(c.startswith("expert_") for c in next(iter(frames.values())).columns):
-        figures["expert_load"] = plots.expert_load_figure(frames, fusion)
-    if gate is not None:
-        mean, std, split = gate
-        figures["gate_by_dimension"] = plots.gate_dimensions_figure(mean, std, fusion, split)
+        figures["expert_load"] = plots.expert_load_figure(frames, fusion, experts)
+    for name, (mean, std, split) in (diagnostics or {}).items():
+        figures[f"{name}_by_dimension"] = plots.dimensions_figure(mean, std, fusion, split, name)
     return figures
 
 
@@ -79,15 +86,13 @@ def log_weight_plots(cfg: "Config", frames: dict[str, pd.DataFrame], module: "Fu
     """Log the modality-weight figures to the active MLflow run under plots/; -> the artifact paths."""
     import matplotlib.pyplot as plt
     import mlflow
-    from torch import nn
 
-    gate = None
-    if isinstance(getattr(module.model.fusion, "gate", None), nn.Linear):
-        split = "test" if len(data.splits["test"].ids) else "val"
-        gate = (*gate_by_dimension(module.model, data.splits[split], pad_id, cfg.trainer.eval_batch_size), split)
+    split = "test" if len(data.splits["test"].ids) else "val"
+    found = fusion_diagnostics(module.model, data.splits[split], pad_id, cfg.trainer.eval_batch_size)
+    diagnostics = {name: (mean, std, split) for name, (mean, std) in found.items()}
     logged = []
     epoch_weights = [w.cpu().numpy() for w in module.epoch_weights]
-    for name, fig in weight_figures(frames, cfg.model.fusion, epoch_weights, gate).items():
+    for name, fig in weight_figures(frames, cfg.model.fusion, epoch_weights, diagnostics, expert_modalities(cfg.model)).items():
         mlflow.log_figure(fig, f"plots/{name}.png")
         plt.close(fig)
         logged.append(f"plots/{name}.png")
@@ -250,7 +255,7 @@ def build_report(run_id: str, top: int = 10) -> Report:
     if not png:  # an older run without logged plots: draw what the predictions allow
         import io
 
-        figs = {"router_weights": plots.router_weights_figure(frames, cfg.model.fusion), **weight_figures(frames, cfg.model.fusion)}
+        figs = {"router_weights": plots.router_weights_figure(frames, cfg.model.fusion), **weight_figures(frames, cfg.model.fusion, experts=expert_modalities(cfg.model))}
         for name, fig in figs.items():
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=100)
@@ -272,56 +277,4 @@ def build_report(run_id: str, top: int = 10) -> Report:
     )
 
 
-# ---- rendering -------------------------------------------------------------------------------------------------
-
-
-def _sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
-    out = [(f"w_text per true class ({report.split})", report.per_class)]
-    if report.per_modality is not None:
-        out.append((f"w_text per truly informative modality ({report.split})", report.per_modality))
-    out += [(f"Samples that leaned most on the text ({report.split})", report.top_text), (f"Samples that leaned most on the table ({report.split})", report.top_tab)]
-    return out
-
-
-def format_text(report: Report) -> str:
-    lines = [f"run {report.run_id}  fusion={report.fusion}"]
-    lines += [f"note: {n}" for n in report.notes]
-    if report.metrics:
-        lines.append("  ".join(f"{k}={v:.4g}" for k, v in report.metrics.items()))
-    if report.attribution_auroc is not None:
-        lines.append(f"attribution_auroc (w_text vs the truly informative modality) = {report.attribution_auroc:.3f}")
-    with pd.option_context("display.width", 250, "display.max_colwidth", 70, "display.max_columns", 20):
-        for title, table in _sections(report):
-            lines += ["", f"== {title}", table.to_string(index=False, float_format=lambda v: f"{v:.3f}")]
-    return "\n".join(lines)
-
-
-CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:13px;margin-bottom:1.5em}
-th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
-.note{color:#a40}"""
-
-
-def to_html(report: Report) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mmfusion inspect {report.run_id}</title><style>{CSS}</style></head><body>"]
-    parts.append(f"<h1>Modality weights of run {html.escape(report.run_id)}</h1><p>fusion: <b>{html.escape(report.fusion)}</b></p>")
-    parts += [f"<p class='note'>note: {html.escape(n)}</p>" for n in report.notes]
-    if report.metrics:
-        parts.append("<p>" + ", ".join(f"{html.escape(k)} = {v:.4g}" for k, v in report.metrics.items()) + "</p>")
-    if report.attribution_auroc is not None:
-        parts.append(f"<p><b>attribution_auroc</b> (w_text separating text-informative from table-informative samples; 0.5 = none): {report.attribution_auroc:.3f}</p>")
-    for title, table in _sections(report):
-        parts.append(f"<h2>{html.escape(title)}</h2>" + table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0))
-    if report.plots:
-        parts.append("<h2>Plots</h2>")
-        for name, data in report.plots.items():
-            parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def write_report(report: Report, out_dir: str | Path) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.html"
-    path.write_text(to_html(report), encoding="utf-8")
-    return path
+from mmfusion.analysis.rendering import format_text, to_html, write_report  # noqa: E402,F401  (where callers import them)

@@ -67,8 +67,9 @@ def epochs_figure(epoch_weights: list[np.ndarray], fusion: str) -> plt.Figure:
     return fig
 
 
-def expert_load_figure(by_split: dict[str, pd.DataFrame], fusion: str) -> plt.Figure:
-    """Mixture of experts: mean routing weight and top-1 share per expert, per split (first half: text experts)."""
+def expert_load_figure(by_split: dict[str, pd.DataFrame], fusion: str, modalities: list[str] | None = None) -> plt.Figure:
+    """Mixture of experts: mean routing weight and top-1 share per expert, per split; `modalities`: what each expert
+    reads (the variant's `expert_modalities`), shown under its number."""
     splits = [s for s in ("train", "val", "test") if by_split.get(s) is not None and len(by_split[s])]
     experts = [c for c in by_split[splits[0]].columns if c.startswith("expert_")]
     n = len(experts)
@@ -79,7 +80,8 @@ def expert_load_figure(by_split: dict[str, pd.DataFrame], fusion: str) -> plt.Fi
         g = by_split[split][experts].to_numpy()
         axes[0].bar(x + i * width, g.mean(0), width, label=split)
         axes[1].bar(x + i * width, np.bincount(g.argmax(1), minlength=n) / len(g), width, label=split)
-    labels = [f"{e.split('_')[1]}\n{'text' if k < n // 2 else 'table'}" for k, e in enumerate(experts)]
+    reads = {"text": "text", "tab": "table"}
+    labels = [e.split("_")[1] + (f"\n{reads.get(modalities[k], modalities[k])}" if modalities and k < len(modalities) else "") for k, e in enumerate(experts)]
     for ax, what in zip(axes, ("mean routing weight", "share of samples (top-1 expert)")):
         ax.set_xticks(x + width * (len(splits) - 1) / 2, labels)
         ax.axhline(1.0 / n, color="grey", linestyle="--", linewidth=1, label="uniform")
@@ -92,15 +94,16 @@ def expert_load_figure(by_split: dict[str, pd.DataFrame], fusion: str) -> plt.Fi
     return fig
 
 
-def gate_dimensions_figure(mean: np.ndarray, std: np.ndarray, fusion: str, split: str) -> plt.Figure:
-    """Gate fusion: the mean gate g_d (weight on the text projection) per fused dimension, with its spread."""
+def dimensions_figure(mean: np.ndarray, std: np.ndarray, fusion: str, split: str, name: str = "gate") -> plt.Figure:
+    """A per-dimension diagnostic of a variant (gate: g_d, the weight on the text projection): its mean per fused
+    dimension over the samples, with its spread."""
     d = np.arange(len(mean))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(mean) + 4), 4.2), constrained_layout=True)
-    ax.bar(d, mean, yerr=std, color="tab:blue", ecolor="grey", capsize=0, label="mean gate (± std over samples)")
+    ax.bar(d, mean, yerr=std, color="tab:blue", ecolor="grey", capsize=0, label=f"mean {name} (± std over samples)")
     ax.axhline(float(np.mean(mean)), color="tab:red", linestyle="--", label=f"w_text = mean over dimensions ({np.mean(mean):.2f})")
     ax.set_ylim(0, 1)
     ax.set_xlabel("fused dimension")
-    ax.set_ylabel("gate (1: text, 0: table)")
-    ax.set_title(f"Mean gate per dimension of '{fusion}' ({split})")
+    ax.set_ylabel(f"{name} (1: text, 0: table)")
+    ax.set_title(f"Mean {name} per dimension of '{fusion}' ({split})")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=8)
     return fig

@@ -1,4 +1,4 @@
-"""`mmfusion predict --run-id ID --input rows.csv [--onnx [--int8]] [--output out.csv]`"""
+"""`mmfusion predict (--run-id ID | --model models:/NAME@ALIAS) --input rows.csv [--onnx [--int8]] [--output out.csv]`"""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ HELP = "score rows of a CSV/TSV/Parquet table with a run's model (PyTorch bundle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-id", required=True, help="the MLflow run whose model scores the rows")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", help="the MLflow run whose model scores the rows")
+    which.add_argument("--model", metavar="URI", help="a registered model instead: models:/NAME@ALIAS (e.g. @best) or models:/NAME/VERSION")
     p.add_argument("--input", required=True, help="table with the training columns (text, numeric, categorical; id optional)")
     p.add_argument("--onnx", action="store_true", help="score with onnxruntime + the run's tokenizer files and preprocessing.json only (no torch)")
     p.add_argument("--int8", action="store_true", help="with --onnx: the int8 quantized model (export.quantize=true or `export --quantize`)")
@@ -27,6 +29,10 @@ def main(args: argparse.Namespace) -> int:
     from mmfusion.tracking.contract import tracking_uri, use_store
 
     use_store(tracking_uri(flag=args.tracking_uri))
+    if args.model:  # the version's run: scoring it checks the same hashes as scoring the run
+        from mmfusion.tracking.registry import resolve_run
+
+        args.run_id = resolve_run(args.model)
     if args.int8 and not args.onnx:
         raise UserError("--int8 needs --onnx (the int8 model is an ONNX model)")
     out = check_output_file(args.output or f"{Path(args.input).stem}_predictions.csv", "--output")
@@ -47,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
 
             predictor = load_predictor(args.run_id, tmp)  # safetensors + JSON/YAML, checked against the run's hashes
             pre = predictor.pre
-            check_columns(frame, [pre.text_column, *pre.numeric, *pre.categorical], args.input)
+            check_columns(frame, [*pre.texts, *pre.numeric, *pre.categorical], args.input)
             check_numeric(frame, list(pre.numeric), args.input)
             result = predictor.predict(frame)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+FUSION_OWN = ("fusion_preset", "fusion_options")  # belong to the chosen fusion: a new `model.fusion` drops them
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Dotted overrides in order. `model.fusion=X` starts from X's own options (or its preset's): options set before
+    it, in the file or in earlier overrides, are dropped; `model.fusion_options.<name>=...` after it apply."""
     out = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
+        if path == ["model", "fusion"] and isinstance(out.get("model"), dict):
+            for key in FUSION_OWN:
+                out["model"].pop(key, None)
         node = out
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
@@ -54,6 +62,8 @@ def _describe(err: dict) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if isinstance(got, (dict, BaseModel)) or got is None else f" (got {got!r})"
+    if key and msg.startswith(key + "."):  # the message names the exact key already
+        return f"{msg}{shown}"
     return f"{key or 'config'}: {msg}{shown}"
 
 
@@ -65,11 +75,16 @@ def build_config(raw: dict, source: str = "config") -> Config:
         raise ConfigError(f"invalid {source}: {problems}") from None
 
 
-def merge(base: dict, delta: dict) -> dict:
-    """`delta` over `base`: mappings merge key by key, anything else (values, lists) is replaced."""
+def merge(base: dict, delta: dict, _path: tuple = ()) -> dict:
+    """`delta` over `base`: mappings merge key by key, anything else (values, lists) is replaced; a model section
+    that names its `fusion` replaces the base's fusion options (they belong to the base's fusion)."""
     out = copy.deepcopy(base)
+    if _path == ("model",) and "fusion" in delta:
+        for key in FUSION_OWN:
+            if key not in delta:
+                out.pop(key, None)
     for key, value in delta.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+        out[key] = merge(out[key], value, (*_path, key)) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
     return out
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from typing import get_args
 
 from pydantic import BaseModel, ValidationError, model_validator
 
 from mmfusion.config.base import Seed, Strict
 from mmfusion.config.sections import DataConfig, ExportConfig, ModelConfig, OptimConfig, TrackingConfig, TrainerConfig
-from mmfusion.config.study import StudyConfig
+from mmfusion.config.legacy import FLAT_KEYS
+from mmfusion.config.study import StudyConfig, apply_params
 from mmfusion.config.zoo import ZooConfig
 
 
@@ -46,23 +46,25 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
 def _check_search_space(cfg: "Config") -> None:
     """Each search-space key must be a config value and each choice (or low/high) valid for it on its own.
 
+    A fusion option (`model.fusion_options.<name>`) is checked for every fusion its `when` allows (else the base's).
     Only errors of that key itself count: a combination that breaks a cross-field rule fails that trial, not the study.
     """
     base = cfg.model_dump(mode="json", exclude={"study", "zoo"})
     for name, spec in cfg.study.search_space.items():
         path = name.split(".")
+        option = path[:2] == ["model", "fusion_options"] and len(path) == 3
+        legacy = path[0] == "model" and len(path) == 2 and path[1] in FLAT_KEYS
         section = _section_model(tuple(path[:-1]))
-        if path[0] in ("study", "zoo") or section is None or path[-1] not in section.model_fields or _section_model(tuple(path)):
+        if not (option or legacy) and (path[0] in ("study", "zoo") or section is None or path[-1] not in section.model_fields or _section_model(tuple(path))):
             raise ValueError(f"study.search_space: {name!r} is not a config value (e.g. model.fusion, optim.lr, trainer.batch_size)")
-        for value in spec.bounds():
-            raw = copy.deepcopy(base)
-            node = raw
-            for part in path[:-1]:
-                node = node[part]
-            node[path[-1]] = value
-            try:
-                Config.model_validate(raw)
-            except ValidationError as err:
-                own = [e for e in err.errors() if [str(p) for p in e["loc"]][: len(path)] == path]
-                if own:
-                    raise ValueError(f"study.search_space.{name}: {value!r} is not a valid value ({own[0]['msg'].removeprefix('Value error, ')})") from None
+        fusions = spec.when.get("model.fusion", [base["model"]["fusion"]]) if option else [None]
+        for fusion in fusions if isinstance(fusions, list) else [fusions]:
+            for value in spec.bounds():
+                params = {"model.fusion": fusion, name: value} if fusion is not None else {name: value}
+                try:
+                    Config.model_validate(apply_params(base, params))
+                except ValidationError as err:
+                    own_loc = path[:2] if option else path
+                    own = [e for e in err.errors() if [str(p) for p in e["loc"]][: len(own_loc)] == own_loc]
+                    if own:
+                        raise ValueError(f"study.search_space.{name}: {value!r} is not a valid value ({own[0]['msg'].removeprefix('Value error, ')})") from None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mmfusion.config.base import _CONTROL, DEFAULT_TEXT_ENCODER, PositiveFloat, Seed, Strict, _folder
+from mmfusion.config.legacy import upgrade_model
 
 
 class SyntheticConfig(Strict):
@@ -24,6 +25,7 @@ class DataConfig(Strict):
     path: str | None = None
     test_path: str | None = None
     text_column: str = "dialogue"
+    text_columns: list[str] | None = Field(None, min_length=1)  # several text columns (e.g. [title, review]); null: [text_column]
     numeric_columns: list[str] | None = None  # None: the synthetic set's columns; [] for a table means none
     categorical_columns: list[str] | None = None
     label_column: str = "label"
@@ -40,6 +42,13 @@ class DataConfig(Strict):
     cache_dir: str | None = ".mmfusion_cache"  # chunk embeddings of a frozen encoder; null disables
     synthetic: SyntheticConfig = SyntheticConfig()
 
+    @field_validator("text_columns")
+    @classmethod
+    def _distinct_text_columns(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"lists a column twice: {value}")
+        return value
+
     @field_validator("cache_dir")
     @classmethod
     def _cache_folder(cls, value: str | None) -> str | None:
@@ -55,7 +64,17 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
+    """Shared model keys, plus the chosen fusion variant and its own options (`mmfusion fusions` lists both).
+
+    `fusion` names a variant or a preset; validation resolves a preset to its variant (kept in `fusion_preset`) with
+    the preset's options under `fusion_options`. `fusion_options` is checked against the variant's own options model
+    and holds all of them once validated (defaults filled in): what a run logs, and what rebuilds it. The flat keys of
+    older configs (`model.router`, ...) are mapped by `legacy.py`.
+    """
+
     fusion: str = "concat"
+    fusion_preset: str | None = None
+    fusion_options: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # defaults filled in too
     text_encoder: str = DEFAULT_TEXT_ENCODER  # a Hugging Face name or a local path
     freeze_text_encoder: bool = False
     chunk_pooling: Literal["mean", "attention"] = "mean"  # how chunk embeddings make h_text; mean: the original design
@@ -65,31 +84,67 @@ class ModelConfig(Strict):
     category_embed_dim: int = Field(8, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.0, ge=0.0, le=0.5)  # per training sample: P(text removed) = P(table removed)
-    router: Literal["linear", "mlp"] = "linear"
-    routing: Literal["soft", "hard"] = "soft"
-    gumbel_temperature: float = Field(1.0, gt=0.0)
-    n_experts: int = Field(4, ge=2)
-    top_k: int = Field(2, ge=1)
-    load_balance_weight: float = Field(0.01, ge=0.0)
-    attention_layers: int = Field(1, ge=1)
-    attention_heads: int = Field(4, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from mmfusion.fusion import PRESETS
+
+        data = upgrade_model(data)
+        name, given = data.get("fusion", "concat"), data.get("fusion_preset")
+        preset = name if isinstance(name, str) and name in PRESETS else None
+        if preset and given not in (None, preset):
+            raise ValueError(f"model.fusion is the preset {preset!r} but model.fusion_preset is {given!r}: set one of them")
+        preset = preset or given
+        if preset is None:
+            return data
+        variant = PRESETS[preset].variant if preset in PRESETS else None
+        if variant is None or (preset == given and name != variant):
+            presets = sorted(p for p, v in PRESETS.items() if v.variant == name)
+            raise ValueError(f"model.fusion_preset: {preset!r} is not a preset of fusion {name!r}; its presets: {', '.join(presets) or 'none'}")
+        options = data.get("fusion_options") or {}
+        options = {**PRESETS[preset].options, **options} if isinstance(options, dict) else options
+        return {**data, "fusion": variant, "fusion_preset": preset, "fusion_options": options}
 
     @field_validator("fusion")
     @classmethod
     def _known_fusion(cls, name: str) -> str:
-        from mmfusion.fusion import list_fusions
+        from mmfusion.fusion import resolve_fusion
 
-        if name not in list_fusions():
-            raise ValueError(f"unknown fusion {name!r}; allowed: {', '.join(list_fusions())}")
+        resolve_fusion(name)  # raises, naming the variants and presets
         return name
 
+    @field_validator("fusion_options")
+    @classmethod
+    def _own_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from mmfusion.fusion import FUSIONS
+
+        name = info.data.get("fusion")
+        if name not in FUSIONS:
+            return options  # the fusion itself is wrong: that error is enough
+        model = FUSIONS.get(name).Options
+        try:
+            return model.model_validate(options).model_dump(mode="json")
+        except ValidationError as err:
+            raise ValueError("; ".join(_option_problem(name, model, e) for e in err.errors())) from None
+
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
-        if self.n_experts % 2:
-            raise ValueError("model.n_experts must be even (half the experts read text, half the table)")
-        if self.fusion_dim % self.attention_heads:
-            raise ValueError("model.fusion_dim must be divisible by model.attention_heads")
+    def _check_options(self) -> "ModelConfig":
+        from mmfusion.fusion import FUSIONS
+
+        FUSIONS.get(self.fusion).Options.model_validate(self.fusion_options).check(self)
         return self
+
+
+def _option_problem(fusion: str, model: type, err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        fields = ", ".join(f"{k} (default {f.default!r})" for k, f in model.model_fields.items())
+        return f"{key!r} is not an option of fusion {fusion!r}; " + (f"its options: {fields}" if fields else "it has no options")
+    got = err.get("input")
+    return f"{key} of fusion {fusion!r}: {err['msg'].removeprefix('Value error, ')}" + ("" if isinstance(got, dict) else f" (got {got!r})")
 
 
 class OptimConfig(Strict):

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from mmfusion.config.base import Strict
+from mmfusion.config.legacy import FLAT_KEYS, to_flat
 
 
 STUDY_METRICS = ("val_loss", "val_accuracy", "val_f1_macro", "val_balanced_accuracy", "val_auroc", "val_attribution_auroc", "val_faithfulness")
@@ -17,6 +18,8 @@ class ParamSpec(Strict):
     """One search-space entry, keyed by a dotted config key: `optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}`.
 
     `when: {model.fusion: [moe, moe_topk]}` samples it only when an earlier categorical parameter took one of those values.
+    A variant's option is `model.fusion_options.<name>`; the flat keys of older studies (`model.router`, ...) keep
+    their names (Optuna's parameter names) and are mapped per trial (config/legacy.py).
     """
 
     type: Literal["categorical", "int", "float"]
@@ -104,3 +107,25 @@ class StudyConfig(Strict):
                     raise ValueError(f"search_space.{name}: `when` value(s) {bad} are not choices of {cond} ({parent.choices})")
             earlier[name] = spec
         return self
+
+
+def apply_params(raw: dict, params: dict) -> dict:
+    """A config dump (new form) with sampled {dotted key: value} set. A sampled `model.fusion` starts from that
+    variant's (or preset's) own options; `model.fusion_options.<name>` sets one; old flat keys go through legacy.py."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    model = raw.setdefault("model", {})
+    if "model.fusion" in params:
+        model.update(fusion=params["model.fusion"], fusion_preset=None, fusion_options={})
+    if any(k.split(".", 1)[1] in FLAT_KEYS for k in params if k.startswith("model.")):
+        raw["model"] = model = to_flat(model)
+    for name, value in params.items():
+        *parents, leaf = name.split(".")
+        if name == "model.fusion":
+            continue
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return raw

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmfusion.config.base import Seed, Strict
+from mmfusion.config.legacy import FLAT_KEYS, upgrade_model
 from mmfusion.config.sections import ModelConfig
 
 
@@ -15,18 +16,20 @@ ZOO_METRICS = ["test_accuracy", "test_f1_macro", "test_auroc", "test_attribution
 
 
 def _fusion_name(name: str) -> str:
-    from mmfusion.fusion import list_fusions
+    from mmfusion.fusion import resolve_fusion
 
-    if name not in list_fusions():
-        raise ValueError(f"unknown fusion {name!r}; allowed: {', '.join(list_fusions())}")
+    resolve_fusion(name)  # raises, naming the variants and presets
     return name
 
 
 class ZooVariant(BaseModel):
-    """One zoo entry: a fusion, `model.*` overrides as flat keys, an optional grid of them, an optional label.
+    """One zoo entry: a fusion (a variant or a preset), shared `model.*` overrides as flat keys, its own options under
+    `fusion_options`, an optional grid over them (`fusion_options.<name>` for an option), an optional label.
 
-    `{fusion: moe, router: mlp, grid: {routing: [soft, hard]}, label: "moe-mlp-{routing}"}` is two members; the label
-    is a template over the member's model keys (default: `moe(router=mlp,routing=soft)`).
+    `moe-mlp-hard` (a preset) is one member labelled `moe-mlp-hard`; `{fusion: moe, fusion_options: {router: mlp},
+    grid: {fusion_options.routing: [soft, hard]}, label: "moe-mlp-{routing}"}` is two; the label is a template over the
+    member's model keys and options (default: the preset name, else `moe(router=mlp,routing=soft)`). The older form
+    with flat option keys (`{fusion: moe, router: mlp, grid: {routing: [soft, hard]}}`) is mapped by legacy.py.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -37,11 +40,14 @@ class ZooVariant(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "ZooVariant":
         _fusion_name(self.fusion)
-        allowed = [k for k in ModelConfig.model_fields if k != "fusion"]
-        for key in [*(self.model_extra or {}), *self.grid]:
+        shared = [k for k in ModelConfig.model_fields if k not in ("fusion", "fusion_preset", "fusion_options")]
+        allowed = [*shared, "fusion_options", *FLAT_KEYS]
+        for key in self.model_extra or {}:
             if key not in allowed:
-                raise ValueError(f"unknown model key {key!r} in a zoo variant; allowed: label, grid, fusion, {', '.join(allowed)}")
+                raise ValueError(f"unknown model key {key!r} in a zoo variant; allowed: label, grid, fusion, fusion_options, {', '.join(shared)}")
         for key, values in self.grid.items():
+            if key not in allowed[: len(shared)] + list(FLAT_KEYS) and not key.startswith("fusion_options."):
+                raise ValueError(f"unknown model key {key!r} in a zoo grid; allowed: fusion_options.<option>, {', '.join(shared)}")
             if not values:
                 raise ValueError(f"grid key {key!r} has no values")
             if key in (self.model_extra or {}):
@@ -50,17 +56,20 @@ class ZooVariant(BaseModel):
         return self
 
     def members(self) -> list[tuple[str, dict[str, Any]]]:
-        """-> [(label, model overrides)], one per grid combination."""
+        """-> [(label, model overrides)], one per grid combination; the overrides name the fusion and all its given
+        options (`fusion_options`), so they replace those of the base config."""
         fixed = {"fusion": self.fusion, **(self.model_extra or {})}
         out = []
         for combo in itertools.product(*self.grid.values()):
-            model = {**fixed, **dict(zip(self.grid, combo))}
-            shown = ",".join(f"{k}={v}" for k, v in model.items() if k != "fusion")
+            model = {**fixed, **{k: v for k, v in zip(self.grid, combo) if not k.startswith("fusion_options.")}}
+            options = {**(model.get("fusion_options") or {}), **{k.split(".", 1)[1]: v for k, v in zip(self.grid, combo) if k.startswith("fusion_options.")}}
+            model.pop("fusion_options", None)
+            shown = {**{k: v for k, v in model.items() if k != "fusion"}, **options}
             try:
-                label = self.label.format(**model) if self.label else self.fusion + (f"({shown})" if shown else "")
+                label = self.label.format(**{**model, **options}) if self.label else self.fusion + (f"({','.join(f'{k}={v}' for k, v in shown.items())})" if shown else "")
             except (KeyError, IndexError, ValueError) as err:
                 raise ValueError(f"label {self.label!r} is not a template over the model keys ({err})") from None
-            out.append((label, model))
+            out.append((label, {**upgrade_model({**model, "fusion_options": options}), "fusion_preset": None}))
         return out
 
 

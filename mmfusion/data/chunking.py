@@ -71,6 +71,17 @@ class DialogueChunker:
             pos += len(ms)
         return out
 
+    def chunk_columns(self, frame: pd.DataFrame, columns: list[str]) -> tuple[list[list[list[int]]], list[list[int]]]:
+        """Several text columns -> per row its chunks (each column's chunks in column order, at most `max_chunks` in
+        all) and each chunk's column index. An empty cell gives no chunks."""
+        per_column = [self(frame[c].tolist()) for c in columns]
+        chunks, sources = [], []
+        for row in zip(*per_column):
+            flat = [(k, ch) for k, col_chunks in enumerate(row) for ch in col_chunks][: self.max_chunks]
+            chunks.append([ch for _, ch in flat])
+            sources.append([k for k, _ in flat])
+        return chunks, sources
+
     def _pack(self, message_ids: list[list[int]]) -> list[list[int]]:
         room = self.chunk_len - 2
         chunks: list[list[int]] = []

@@ -37,6 +37,7 @@ class Split:
     categorical: np.ndarray  # (N, Nc) int64
     labels: np.ndarray  # (N,) int64
     modality: np.ndarray  # (N,) int64, MODALITY_CODES or -1
+    chunk_columns: list[list[int]] | None = None  # per sample, per chunk: index into the text columns (None: all 0)
     chunk_embeddings: list[torch.Tensor] | None = None  # per sample (n_chunks, H), from a frozen encoder
 
 
@@ -52,7 +53,8 @@ class PreparedData:
 def _resolve_columns(cfg: DataConfig) -> dict:
     synth = cfg.source == "synthetic"
     return {
-        "text": synthetic.TEXT_COLUMN if synth else cfg.text_column,
+        "text": synthetic.TEXT_COLUMN if synth else (cfg.text_columns or [cfg.text_column])[0],
+        "texts": [synthetic.TEXT_COLUMN] if synth else list(cfg.text_columns or [cfg.text_column]),
         "numeric": list(cfg.numeric_columns if cfg.numeric_columns is not None else (synthetic.NUMERIC_COLUMNS if synth else [])),
         "categorical": list(cfg.categorical_columns if cfg.categorical_columns is not None else (synthetic.CATEGORICAL_COLUMNS if synth else [])),
         "label": synthetic.LABEL_COLUMN if synth else cfg.label_column,
@@ -69,7 +71,7 @@ def load_frames(cfg: DataConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame 
     else:
         frame = read_table(cfg.path)
         test = read_table(cfg.test_path) if cfg.test_path else None
-    needed = [cols["text"], cols["label"], *cols["numeric"], *cols["categorical"]] + ([cols["id"]] if cols["id"] else [])
+    needed = [*cols["texts"], cols["label"], *cols["numeric"], *cols["categorical"]] + ([cols["id"]] if cols["id"] else [])
     overlap = set(cols["numeric"]) & set(cols["categorical"])
     if overlap:
         raise DataError(f"column(s) {sorted(overlap)} are listed as both numeric and categorical")
@@ -120,24 +122,26 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
         parts["test"] = test_frame
     if len(parts["train"]) == 0 or len(parts["val"]) == 0:
         raise DataError(f"{cfg.path or 'synthetic data'}: too few rows ({len(frame)}) to split into train/val/test")
-    pre = TabularPreprocessor.fit(parts["train"], cols["numeric"], cols["categorical"], cols["text"], cols["label"], cols["id"], cfg.numeric_transform, cfg.min_category_count)
+    pre = TabularPreprocessor.fit(parts["train"], cols["numeric"], cols["categorical"], cols["text"], cols["label"], cols["id"], cfg.numeric_transform, cfg.min_category_count, cols["texts"])
     chunker = DialogueChunker(tokenizer, cfg.max_chunks, cfg.chunk_len)
     has_modality = synthetic.MODALITY_COLUMN in frame.columns
     splits = {}
     for name, part in parts.items():
         part = part.reset_index(drop=True)
         numeric, categorical = pre.transform(part)
+        chunks, chunk_columns = chunker.chunk_columns(part, cols["texts"])
         modality = part[synthetic.MODALITY_COLUMN].map(MODALITY_CODES).fillna(UNKNOWN_MODALITY).to_numpy(np.int64) if has_modality else np.full(len(part), UNKNOWN_MODALITY)
         splits[name] = Split(
             frame=part,
             ids=part[cols["id"]].astype(str).tolist(),
-            chunks=chunker(part[cols["text"]].tolist()),
+            chunks=chunks,
+            chunk_columns=chunk_columns,
             numeric=numeric,
             categorical=categorical,
             labels=pre.encode_labels(part[cols["label"]], cfg.test_path if name == "test" and cfg.test_path else cfg.path or "synthetic data"),
             modality=modality,
         )
-    used = [cols["text"], cols["label"], *cols["numeric"], *cols["categorical"], cols["id"]]
+    used = [*cols["texts"], cols["label"], *cols["numeric"], *cols["categorical"], cols["id"]]
     return PreparedData(splits, pre, fingerprint([frame, test_frame], used), has_modality, cols)
 
 
@@ -151,6 +155,8 @@ class SplitDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         s = self.split
         item = {"index": i, "chunks": s.chunks[i], "numeric": s.numeric[i], "categorical": s.categorical[i], "label": s.labels[i], "modality": s.modality[i]}
+        if s.chunk_columns is not None:
+            item["chunk_column"] = s.chunk_columns[i]
         if s.chunk_embeddings is not None:
             item["chunk_embeddings"] = s.chunk_embeddings[i]
         return item
@@ -164,15 +170,20 @@ def collate(items: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
     input_ids = torch.full((b, c, t), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((b, c, t), dtype=torch.long)
     chunk_mask = torch.zeros((b, c), dtype=torch.long)
+    chunk_column = torch.zeros((b, c), dtype=torch.long)  # 0 at padding chunks (masked out anyway)
     for i, it in enumerate(items):
         for j, ch in enumerate(it["chunks"]):
             input_ids[i, j, : len(ch)] = torch.tensor(ch)
             attention_mask[i, j, : len(ch)] = 1
             chunk_mask[i, j] = 1
+        columns = (it.get("chunk_column") or [])[: len(it["chunks"])]  # a blanked dialogue keeps no chunk sources
+        if columns:
+            chunk_column[i, : len(columns)] = torch.tensor(columns)
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "chunk_mask": chunk_mask,
+        "chunk_column": chunk_column,
         "numeric": torch.from_numpy(np.stack([it["numeric"] for it in items])),
         "categorical": torch.from_numpy(np.stack([it["categorical"] for it in items])),
         "label": torch.tensor([int(it["label"]) for it in items]),

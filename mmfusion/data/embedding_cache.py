@@ -1,6 +1,6 @@
 """Chunk embeddings of a frozen text encoder, computed once and shared by every trial and process of a study.
 
-Keyed by encoder, tokenizer settings and data fingerprint; stored as safetensors (no pickle), written atomically.
+Keyed by encoder, tokenizer settings and the token ids of the split; stored as safetensors (no pickle), written atomically.
 Results are identical to encoding on the fly: a frozen encoder runs in eval mode, so its output is deterministic.
 """
 
@@ -16,22 +16,26 @@ from safetensors.torch import load_file, save_file
 
 from mmfusion.data.datamodule import PreparedData, Split, collate
 from mmfusion.encoders.text import TextEncoder
+from mmfusion.progress import progress
 
 
-def cache_key(encoder_name: str, max_chunks: int, chunk_len: int, fingerprint: str, split: Split, hidden: int) -> str:
-    """Encoder, tokenizer settings, the data's fingerprint and which rows are in the split (splits move with seeds)."""
-    rows = hashlib.sha256("\n".join(split.ids).encode()).hexdigest()
-    text = f"{encoder_name}|C={max_chunks}|T={chunk_len}|H={hidden}|{fingerprint}|{rows}"
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+def cache_key(encoder_name: str, max_chunks: int, chunk_len: int, split: Split, hidden: int) -> str:
+    """Encoder, tokenizer settings and the split's token ids themselves: what the embeddings are a function of. So a
+    change of label, numeric or categorical columns (e.g. the same table with and without a column) reuses the cache,
+    and any change of text, tokenizer or row order does not."""
+    h = hashlib.sha256(f"{encoder_name}|C={max_chunks}|T={chunk_len}|H={hidden}".encode())
+    for chunks in split.chunks:
+        h.update(b"|".join(b",".join(str(t).encode() for t in ch) for ch in chunks) + b"\n")
+    return h.hexdigest()[:24]
 
 
 @torch.inference_mode()
-def encode_split(split: Split, encoder: TextEncoder, batch_size: int = 64) -> list[torch.Tensor]:
+def encode_split(split: Split, encoder: TextEncoder, batch_size: int = 64, desc: str = "embedding texts") -> list[torch.Tensor]:
     """Per sample (n_chunks, H) embeddings; samples are batched by length so little padding is encoded."""
     order = sorted(range(len(split.chunks)), key=lambda i: sum(map(len, split.chunks[i])))
     out: list[torch.Tensor | None] = [None] * len(order)
     encoder.eval()
-    for start in range(0, len(order), batch_size):
+    for start in progress(range(0, len(order), batch_size), desc, unit="batches"):
         idx = order[start : start + batch_size]
         items = [{"chunks": split.chunks[i], "numeric": split.numeric[i], "categorical": split.categorical[i], "label": 0, "modality": 0, "index": i} for i in idx]
         b = collate(items)
@@ -45,7 +49,7 @@ def attach_chunk_embeddings(data: PreparedData, encoder: TextEncoder, encoder_na
     """Fill `split.chunk_embeddings` for every split, from the cache where present. -> {"hits": n, "misses": n}."""
     stats = {"hits": 0, "misses": 0}
     for name, split in data.splits.items():
-        key = cache_key(encoder_name, max_chunks, chunk_len, data.fingerprint, split, encoder.hidden_size)
+        key = cache_key(encoder_name, max_chunks, chunk_len, split, encoder.hidden_size)
         path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
         if path is not None and path.is_file():
             stored = load_file(str(path))
@@ -53,7 +57,7 @@ def attach_chunk_embeddings(data: PreparedData, encoder: TextEncoder, encoder_na
             split.chunk_embeddings = list(torch.split(flat, counts))
             stats["hits"] += 1
             continue
-        split.chunk_embeddings = encode_split(split, encoder)
+        split.chunk_embeddings = encode_split(split, encoder, desc=f"embedding the {name} split (frozen encoder, cached after)")
         stats["misses"] += 1
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

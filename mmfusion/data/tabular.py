@@ -58,13 +58,15 @@ class TabularPreprocessor:
     numeric_transform: str = "standard"  # one of NUMERIC_TRANSFORMS (files written before it existed: standard)
     quantiles: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # column -> (x knots, z knots)
     class_counts: list[int] = field(default_factory=list)  # training rows per class (empty in older files)
+    text_columns: list[str] = field(default_factory=list)  # several text columns; empty: [text_column]
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, numeric: list[str], categorical: list[str], text_column: str, label_column: str, id_column: str | None,
-            numeric_transform: str = "standard", min_category_count: int = 1) -> "TabularPreprocessor":
+            numeric_transform: str = "standard", min_category_count: int = 1, text_columns: list[str] | None = None) -> "TabularPreprocessor":
         if numeric_transform not in NUMERIC_TRANSFORMS:
             raise DataError(f"unknown numeric transform {numeric_transform!r}; allowed: {', '.join(NUMERIC_TRANSFORMS)}")
         pre = cls({}, {}, [], text_column, label_column, id_column, numeric_transform)
+        pre.text_columns = list(text_columns) if text_columns and len(text_columns) > 1 else []
         for col in numeric:
             raw = pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
             if numeric_transform == "quantile":
@@ -88,6 +90,11 @@ class TabularPreprocessor:
             knots, scores = self.quantiles[col]
             return np.where(np.isnan(x), np.nan, np.interp(x, knots, scores))
         return x
+
+    @property
+    def texts(self) -> list[str]:
+        """The text columns, in the order their chunks are placed."""
+        return self.text_columns or [self.text_column]
 
     @property
     def n_numeric_features(self) -> int:

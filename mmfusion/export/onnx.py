@@ -10,7 +10,6 @@ torch is imported inside the functions that need it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from pathlib import Path
@@ -28,77 +27,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical")
+COLUMN_INPUT = "chunk_column"  # (B, C) which text column each chunk came from: only models with several text columns
 OUTPUTS = ("probs", "modality_weights", "expert_weights")
-DYNAMIC_AXES = {"input_ids": {0: "batch", 1: "chunks", 2: "tokens"}, "attention_mask": {0: "batch", 1: "chunks", 2: "tokens"}, "chunk_mask": {0: "batch", 1: "chunks"}, "numeric": {0: "batch"}, "categorical": {0: "batch"}}
+DYNAMIC_AXES = {"input_ids": {0: "batch", 1: "chunks", 2: "tokens"}, "attention_mask": {0: "batch", 1: "chunks", 2: "tokens"}, "chunk_mask": {0: "batch", 1: "chunks"}, "numeric": {0: "batch"}, "categorical": {0: "batch"}, COLUMN_INPUT: {0: "batch", 1: "chunks"}}
 ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(double)": np.float64}
 OPSET = 17
 
 
-def _traceable_attention(mha) -> "torch.nn.Module | None":
-    """nn.MultiheadAttention written with plain tensor ops (same weights, same result), or None if it uses options
-    this does not cover. The TorchScript tracer bakes the sequence length of nn.MultiheadAttention as a constant."""
-    import math
-
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    if not (mha.batch_first and mha._qkv_same_embed_dim and mha.bias_k is None and not mha.add_zero_attn):
-        return None
-
-    class PlainAttention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.heads, self.in_proj_weight, self.in_proj_bias, self.out_proj = mha.num_heads, mha.in_proj_weight, mha.in_proj_bias, mha.out_proj
-
-        def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, average_attn_weights=True, is_causal=False):
-            b, _, d = query.shape
-            h = self.heads
-            wq, wk, wv = self.in_proj_weight.chunk(3)
-            bq, bk, bv = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
-            q, k, v = (F.linear(x, w, bias).reshape(b, -1, h, d // h).transpose(1, 2) for x, w, bias in ((query, wq, bq), (key, wk, bk), (value, wv, bv)))  # (B, h, L, hd)
-            scores = q @ k.transpose(-2, -1) / math.sqrt(d // h)  # (B, h, L, S)
-            if attn_mask is not None:
-                scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-            if key_padding_mask is not None:
-                scores = scores.masked_fill(key_padding_mask[:, None, None, :].bool(), float("-inf"))
-            attn = scores.softmax(-1)  # eval: no dropout
-            out = self.out_proj((attn @ v).transpose(1, 2).reshape(b, -1, d))
-            return out, (attn.mean(1) if average_attn_weights else attn) if need_weights else None
-
-    return PlainAttention()
-
-
 def _export_copy(model: "MultimodalClassifier") -> "MultimodalClassifier":
-    """An fp32 CPU eval copy that traces cleanly: padding chunks encoded and masked out, eager attention."""
-    import torch
-    from torch import nn
-
-    m = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    m.text_encoder.pack_chunks = False  # packing indexes real chunks data-dependently; same result (see TextEncoder)
-    backbone = m.text_encoder.backbone
-    if hasattr(backbone, "set_attn_implementation"):
-        try:  # eager attention: additive finite masks, so a fully padded chunk stays finite (no NaN from SDPA)
-            backbone.set_attn_implementation("eager")
-        except (ValueError, NotImplementedError):
-            pass
-    for parent in list(m.fusion.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.MultiheadAttention) and (plain := _traceable_attention(child)) is not None:
-                setattr(parent, name, plain)
-    return m
+    """The copy that gets traced: the model's own `export_copy` (its fusion variant decides what traces cleanly)."""
+    return model.export_copy()
 
 
-def _example_inputs(batch: dict) -> tuple:
+def input_names(model: "MultimodalClassifier") -> tuple[str, ...]:
+    """The graph's inputs: `INPUTS`, plus `chunk_column` when the model embeds which text column a chunk came from."""
+    return (*INPUTS, COLUMN_INPUT) if getattr(model, "column_embedding", None) is not None else INPUTS
+
+
+def _example_inputs(batch: dict, names: tuple[str, ...] = INPUTS) -> tuple:
     """Example tensors with batch >= 2 and chunks >= 2: a size-1 dimension could be specialised as static."""
     import torch
 
-    x = {k: _tensor(batch[k]) for k in INPUTS}
+    x = {k: _tensor(batch[k]) for k in names}
     if x["chunk_mask"].shape[1] < 2:  # add one padding chunk
         x = _pad(x, chunks=1)
     if x["chunk_mask"].shape[0] < 2:  # repeat the sample
         x = {k: torch.cat([v, v], 0) for k, v in x.items()}
-    return tuple(x[k] for k in INPUTS)
+    return tuple(x[k] for k in names)
 
 
 def _tensor(value) -> "torch.Tensor":
@@ -115,7 +70,9 @@ def _pad(x: dict, chunks: int = 0, tokens: int = 0) -> dict:
     x = dict(x)
     for k in ("input_ids", "attention_mask"):
         x[k] = F.pad(x[k], (0, tokens, 0, chunks))
-    x["chunk_mask"] = F.pad(x["chunk_mask"], (0, chunks))
+    for k in ("chunk_mask", COLUMN_INPUT):
+        if k in x:
+            x[k] = F.pad(x[k], (0, chunks))
     return x
 
 
@@ -128,12 +85,12 @@ def _probe(wrapper, path: Path) -> bool:
 
     try:
         session = OnnxScorer(path)
-        x = {k: v for k, v in zip(INPUTS, wrapper.example)}
-        small = {k: v[:1, :1] if v.dim() > 2 or k == "chunk_mask" else v[:1] for k, v in x.items()}
+        x = {k: v for k, v in zip(wrapper.names, wrapper.example)}
+        small = {k: v[:1, :1] if v.dim() > 2 or k in ("chunk_mask", COLUMN_INPUT) else v[:1] for k, v in x.items()}
         big = _pad({k: v[:2] for k, v in x.items()}, chunks=1, tokens=1)
         for probe in (small, big):
             with torch.no_grad():
-                want = wrapper(*(probe[k] for k in INPUTS))
+                want = wrapper(*(probe[k] for k in wrapper.names))
             got = session(probe)
             if any(_max_abs(got[n], w.numpy()) > 1e-3 for n, w in zip(session.output_names, want)):
                 return False
@@ -159,29 +116,31 @@ def export_onnx(model: "MultimodalClassifier", example_batch: dict, path: str | 
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask, chunk_mask, numeric, categorical):
-            out = self.inner(input_ids, attention_mask, chunk_mask, numeric, categorical)
+        def forward(self, input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_column=None):
+            out = self.inner(input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_column=chunk_column)
             outs = (out.logits.float().softmax(-1), out.modality_weights.float())
             return outs if out.expert_weights is None else (*outs, out.expert_weights.float())
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = Exportable(_export_copy(model)).eval()
-    wrapper.example = args = _example_inputs(example_batch)
+    wrapper = Exportable(_export_copy(model)).eval()  # a traceable copy; the model is left as it was
+    wrapper.names = inputs = input_names(model)
+    wrapper.example = args = _example_inputs(example_batch, inputs)
+    axes_in = {k: DYNAMIC_AXES[k] for k in inputs}
     with torch.no_grad():
         n_out = len(wrapper(*args))
     names = list(OUTPUTS[:n_out])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; parity is the real check
         if not dynamo:
-            axes = {**DYNAMIC_AXES, **{n: {0: "batch"} for n in names}}
-            torch.onnx.export(wrapper, args, str(path), input_names=list(INPUTS), output_names=names, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+            axes = {**axes_in, **{n: {0: "batch"} for n in names}}
+            torch.onnx.export(wrapper, args, str(path), input_names=list(inputs), output_names=names, dynamic_axes=axes, opset_version=OPSET, dynamo=False)
             if dynamo is False or _probe(wrapper, path):
                 return path
             log.info("falling back to the dynamo ONNX exporter")
         dims = {"batch": torch.export.Dim("batch", min=1), "chunks": torch.export.Dim("chunks", min=1), "tokens": torch.export.Dim("tokens", min=2)}
-        shapes = {k: {i: dims[n] for i, n in ax.items()} for k, ax in DYNAMIC_AXES.items()}
-        prog = torch.onnx.export(wrapper, args, input_names=list(INPUTS), output_names=names, dynamic_shapes=shapes, dynamo=True, verbose=False)
+        shapes = {k: {i: dims[n] for i, n in ax.items()} for k, ax in axes_in.items()}
+        prog = torch.onnx.export(wrapper, args, input_names=list(inputs), output_names=names, dynamic_shapes=shapes, dynamo=True, verbose=False)
         prog.save(str(path), external_data=False)
     return path
 

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mmfusion.export.onnx import INPUTS, _tensor
+from mmfusion.export.onnx import _tensor, input_names
 from mmfusion.serving.onnx_scorer import OnnxScorer
+from mmfusion.progress import progress
 
 if TYPE_CHECKING:
     from mmfusion.data.datamodule import Split
@@ -51,9 +52,9 @@ def check_parity(model: "MultimodalClassifier", scorer: OnnxScorer, batches: lis
     rows, samples = [], 0
     try:
         with torch.inference_mode():
-            for batch in batches:
-                x = {k: _tensor(batch[k]) for k in INPUTS}
-                out = ref(*(x[k] for k in INPUTS))
+            for batch in progress(batches, "ONNX parity check", unit="batches"):
+                x = {k: _tensor(batch[k]) for k in input_names(ref)}
+                out = ref(**x)
                 want = {"probs": out.logits.float().softmax(-1).numpy(), "modality_weights": out.modality_weights.float().numpy()}
                 if out.expert_weights is not None:
                     want["expert_weights"] = out.expert_weights.float().numpy()

@@ -9,6 +9,8 @@ from mmfusion.fusion.base import Fusion, FusionOutput, projection, register_fusi
 class TextOnly(Fusion):
     """fused = GELU(W h_text); the table is ignored (w_text = 1)."""
 
+    reads = ("text",)
+
     def __init__(self, text_dim, tab_dim, cfg):
         super().__init__(text_dim, tab_dim, cfg)
         self.proj = projection(text_dim, cfg.fusion_dim, cfg.dropout)
@@ -20,6 +22,8 @@ class TextOnly(Fusion):
 @register_fusion("tab_only")
 class TabOnly(Fusion):
     """fused = GELU(W h_tab); the text is ignored (w_text = 0)."""
+
+    reads = ("tab",)
 
     def __init__(self, text_dim, tab_dim, cfg):
         super().__init__(text_dim, tab_dim, cfg)

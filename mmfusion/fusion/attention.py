@@ -1,9 +1,22 @@
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from mmfusion.fusion.base import Fusion, FusionOutput, register_fusion, two_way
+from mmfusion.fusion.base import Fusion, FusionOptions, FusionOutput, register_fusion, two_way
+
+
+class AttentionOptions(FusionOptions):
+    layers: int = Field(1, ge=1)
+    heads: int = Field(4, ge=1)
+
+    def check(self, model) -> None:
+        if model.fusion_dim % self.heads:
+            raise ValueError(f"model.fusion_dim ({model.fusion_dim}) must be divisible by model.fusion_options.heads ({self.heads})")
 
 
 class Block(nn.Module):
@@ -22,7 +35,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x)), attn  # (B, L, D), (B, L, L)
 
 
-@register_fusion("attention")
+@register_fusion("attention", options=AttentionOptions)
 class AttentionFusion(Fusion):
     """A small transformer over [CLS, tab token, chunk tokens]; fused = the CLS output.
 
@@ -30,13 +43,15 @@ class AttentionFusion(Fusion):
     and the tabular token (renormalised without CLS itself). Padding chunks are masked out of the attention.
     """
 
+    options: AttentionOptions
+
     def __init__(self, text_dim, tab_dim, cfg):
         super().__init__(text_dim, tab_dim, cfg)
         d = cfg.fusion_dim
         self.cls = nn.Parameter(torch.zeros(1, 1, d))
         self.text_in, self.tab_in = nn.Linear(text_dim, d), nn.Linear(tab_dim, d)
         self.type_embed = nn.Parameter(torch.zeros(2, d))  # 0: text, 1: tab
-        self.blocks = nn.ModuleList(Block(d, cfg.attention_heads, cfg.dropout) for _ in range(cfg.attention_layers))
+        self.blocks = nn.ModuleList(Block(d, self.options.heads, cfg.dropout) for _ in range(self.options.layers))
         self.norm = nn.LayerNorm(d)
         nn.init.normal_(self.cls, std=0.02)
         nn.init.normal_(self.type_embed, std=0.02)
@@ -52,3 +67,31 @@ class AttentionFusion(Fusion):
         mass = attn[:, 0, 1:]  # (B, 1 + C): CLS -> [tab, chunks]
         w_text = mass[:, 1:].sum(-1) / mass.sum(-1).clamp_min(1e-6)
         return FusionOutput(self.norm(x[:, 0]), two_way(w_text), h_text.new_zeros(()))
+
+    def export_copy(self) -> "AttentionFusion":
+        """nn.MultiheadAttention written with plain tensor ops (same weights, same result): the TorchScript tracer
+        bakes the sequence length of nn.MultiheadAttention as a constant. Changes this module: call it on a copy."""
+        for block in self.blocks:
+            block.attn = PlainAttention(block.attn)
+        return self
+
+
+class PlainAttention(nn.Module):
+    """Eval-mode nn.MultiheadAttention (batch_first, packed in-projection) in plain tensor ops."""
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.heads, self.in_proj_weight, self.in_proj_bias, self.out_proj = mha.num_heads, mha.in_proj_weight, mha.in_proj_bias, mha.out_proj
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, average_attn_weights=True):
+        b, _, d = query.shape
+        h = self.heads
+        wq, wk, wv = self.in_proj_weight.chunk(3)
+        bq, bk, bv = self.in_proj_bias.chunk(3)
+        q, k, v = (F.linear(x, w, bias).reshape(b, -1, h, d // h).transpose(1, 2) for x, w, bias in ((query, wq, bq), (key, wk, bk), (value, wv, bv)))  # (B, h, L, hd)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d // h)  # (B, h, L, S)
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :].bool(), float("-inf"))
+        attn = scores.softmax(-1)  # eval: no dropout
+        out = self.out_proj((attn @ v).transpose(1, 2).reshape(b, -1, d))
+        return out, (attn.mean(1) if average_attn_weights else attn) if need_weights else None

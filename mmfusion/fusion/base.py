@@ -1,6 +1,11 @@
 """The one interface every fusion variant implements, and the registry that holds them.
 
-A variant is built as `Variant(text_dim, tab_dim, cfg)` and called as
+A variant is one file: a class registered with its own options and named presets,
+
+    @register_fusion("moe", options=MoeOptions, presets={"moe-mlp-hard": {"router": "mlp", "routing": "hard"}})
+    class MoEFusion(Fusion): ...
+
+built as `Variant(text_dim, tab_dim, cfg)` (its validated options in `self.options`) and called as
 `variant(h_text, h_tab, chunks, chunk_mask) -> FusionOutput`:
 
     h_text      (B, Dt)     masked mean of the chunk embeddings (zeros for a sample with no text)
@@ -9,16 +14,20 @@ A variant is built as `Variant(text_dim, tab_dim, cfg)` and called as
     chunk_mask  (B, C)      1 for real chunks, 0 for padding
 
 and returns the fused vector (B, F) with its per-sample modality weights (B, 2) = [w_text, w_tab], each row
-summing to 1, so inspection, export and comparison treat every variant the same way.
+summing to 1, so inspection, export and comparison treat every variant the same way. The optional hooks
+(`reads`, `expert_modalities`, `diagnostics`, `export_copy`) are what shared layers ask of a variant.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pydantic import BaseModel, ConfigDict
 
 from mmfusion.fusion.registry import Registry
 
@@ -33,27 +42,104 @@ class FusionOutput(NamedTuple):
     expert_weights: torch.Tensor | None = None  # (B, E) for mixture-of-experts variants
 
 
-class Fusion(nn.Module):
-    """Base class: subclasses set `self.out_dim` and implement `forward`."""
+class FusionOptions(BaseModel):
+    """A variant's own options (`model.fusion_options`), validated only when that variant is chosen. Strict like
+    the config sections (mmfusion.config.base.Strict; not imported here: the config package validates through this)."""
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    def check(self, model: "ModelConfig") -> None:
+        """Rules across an option and the shared model keys (e.g. fusion_dim); raise ValueError naming both."""
+
+
+class Fusion(nn.Module):
+    """Base class: subclasses implement `forward`; `out_dim` is the fused width (model.fusion_dim)."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[FusionOptions]] = FusionOptions
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    reads: ClassVar[tuple[str, ...]] = ("text", "tab")  # the modalities it reads; an unread one's encoder is frozen
     out_dim: int
 
     def __init__(self, text_dim: int, tab_dim: int, cfg: "ModelConfig") -> None:
         super().__init__()
         self.text_dim, self.tab_dim, self.out_dim = text_dim, tab_dim, cfg.fusion_dim
+        # cfg's options when cfg chose this variant; otherwise this variant's defaults
+        self.options = self.Options.model_validate(cfg.fusion_options if cfg.fusion == self.name else {})
 
     def forward(
         self, h_text: torch.Tensor, h_tab: torch.Tensor, chunks: torch.Tensor, chunk_mask: torch.Tensor
     ) -> FusionOutput:
         raise NotImplementedError
 
+    @classmethod
+    def expert_modalities(cls, options: FusionOptions) -> list[str] | None:
+        """For a mixture of experts: the modality ("text" / "tab") each expert reads, in expert_weights order."""
+        return None
+
+    def diagnostics(self, h_text: torch.Tensor, h_tab: torch.Tensor, chunks: torch.Tensor, chunk_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample internals worth plotting, name -> (B, D) (e.g. gate's per-dimension gate). None by default."""
+        return {}
+
+    def export_copy(self) -> "Fusion":
+        """A module computing the same function that the ONNX exporters trace cleanly. The exporter calls it on a deep
+        copy of the model, so a variant may change itself in place and return self."""
+        return self
+
 
 FUSIONS: Registry[type[Fusion]] = Registry("fusion")
-register_fusion = FUSIONS.register
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    variant: str
+    options: dict[str, Any]
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_fusion(name: str, options: type[FusionOptions] = FusionOptions, presets: dict[str, dict[str, Any]] | None = None) -> Callable[[type[Fusion]], type[Fusion]]:
+    """Register a variant under `name` with its options model and its presets (name -> option values)."""
+
+    def decorator(cls: type[Fusion]) -> type[Fusion]:
+        taken = [p for p in (presets or {}) if p in PRESETS or p in FUSIONS or p == name]
+        if name in PRESETS or taken:
+            raise ValueError(f"fusion name(s) {', '.join(taken or [name])} registered twice (as a variant or a preset)")
+        for preset, values in (presets or {}).items():
+            options.model_validate(values)  # a preset must be valid options
+        cls.name, cls.Options, cls.presets = name, options, dict(presets or {})
+        FUSIONS.register(name)(cls)
+        for preset, values in (presets or {}).items():
+            PRESETS[preset] = Preset(preset, name, dict(values))
+        return cls
+
+    return decorator
+
+
+def unregister_fusion(name: str) -> None:
+    """Remove a variant and its presets (tests that register throwaway variants clean up with this)."""
+    FUSIONS._builders.pop(name, None)
+    for preset in [p for p, v in PRESETS.items() if v.variant == name]:
+        del PRESETS[preset]
 
 
 def list_fusions(pattern: str = "*") -> list[str]:
     return FUSIONS.names(pattern)
+
+
+def list_presets() -> list[str]:
+    return sorted(PRESETS)
+
+
+def resolve_fusion(name: str) -> tuple[str, str | None]:
+    """A variant or preset name -> (variant, preset or None); ValueError naming the allowed names."""
+    if name in FUSIONS:
+        return name, None
+    if name in PRESETS:
+        return PRESETS[name].variant, name
+    raise ValueError(f"unknown fusion {name!r}; variants: {', '.join(list_fusions())}; presets: {', '.join(list_presets())}")
 
 
 def create_fusion(name: str, text_dim: int, tab_dim: int, cfg: "ModelConfig") -> Fusion:

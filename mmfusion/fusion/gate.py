@@ -19,8 +19,14 @@ class GateFusion(Fusion):
         self.tab_proj = projection(tab_dim, cfg.fusion_dim, cfg.dropout)
         self.gate = nn.Linear(2 * cfg.fusion_dim, cfg.fusion_dim)
 
-    def forward(self, h_text, h_tab, chunks, chunk_mask):
+    def _gate(self, h_text, h_tab):
         p_text, p_tab = self.text_proj(h_text), self.tab_proj(h_tab)  # (B, F) each
-        g = torch.sigmoid(self.gate(torch.cat([p_text, p_tab], dim=-1)))  # (B, F)
+        return p_text, p_tab, torch.sigmoid(self.gate(torch.cat([p_text, p_tab], dim=-1)))  # g: (B, F)
+
+    def forward(self, h_text, h_tab, chunks, chunk_mask):
+        p_text, p_tab, g = self._gate(h_text, h_tab)
         fused = g * p_text + (1.0 - g) * p_tab
         return FusionOutput(fused, two_way(g.mean(dim=-1)), h_text.new_zeros(()))
+
+    def diagnostics(self, h_text, h_tab, chunks, chunk_mask):
+        return {"gate": self._gate(h_text, h_tab)[2]}  # (B, F): per fused dimension, the weight on the text

@@ -49,7 +49,7 @@ def log_outputs(cfg: Config, fitted: FitResult, data: PreparedData, tokenizer) -
 
 def _input_columns(data: PreparedData) -> list[str]:
     c = data.columns
-    return [c["id"], c["text"], *c["numeric"], *c["categorical"]]
+    return [c["id"], *c["texts"], *c["numeric"], *c["categorical"]]
 
 
 def log_pyfunc(cfg: Config, model, data: PreparedData, tokenizer, test: pd.DataFrame) -> None:

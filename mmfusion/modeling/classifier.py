@@ -20,10 +20,16 @@ class ModelOutput(NamedTuple):
 
 
 class MultimodalClassifier(nn.Module):
-    def __init__(self, text_encoder: TextEncoder, tab_encoder: TabularEncoder, fusion: Fusion, n_classes: int, chunk_pool: nn.Module | None = None) -> None:
+    def __init__(self, text_encoder: TextEncoder, tab_encoder: TabularEncoder, fusion: Fusion, n_classes: int, chunk_pool: nn.Module | None = None,
+                 n_text_columns: int = 1) -> None:
         super().__init__()
         self.text_encoder, self.tab_encoder, self.fusion = text_encoder, tab_encoder, fusion
         self.chunk_pool = chunk_pool  # None: the masked mean of the chunk embeddings
+        # several text columns: a learned vector per column added to each of its chunks, so pooling and fusion know
+        # where a chunk came from; zero at the start, so training starts from the single-column model
+        self.column_embedding = nn.Embedding(n_text_columns, text_encoder.hidden_size) if n_text_columns > 1 else None
+        if self.column_embedding is not None:
+            nn.init.zeros_(self.column_embedding.weight)
         self.head = nn.Linear(fusion.out_dim, n_classes)
 
     def forward(
@@ -34,20 +40,42 @@ class MultimodalClassifier(nn.Module):
         numeric: torch.Tensor,  # (B, Nn)
         categorical: torch.Tensor,  # (B, Nc)
         chunk_embeddings: torch.Tensor | None = None,  # (B, C, H): precomputed by a frozen encoder (cache)
+        chunk_column: torch.Tensor | None = None,  # (B, C): each chunk's text column (several text columns only)
     ) -> ModelOutput:
-        h_text, chunks, h_tab = self.encode(input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings)
+        h_text, chunks, h_tab = self.encode(input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings, chunk_column)
         return self.classify(h_text, h_tab, chunks, chunk_mask)
 
-    def encode(self, input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings=None):
+    def encode(self, input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings=None, chunk_column=None):
         """-> h_text (B, H), chunks (B, C, H), h_tab (B, Dtab)."""
         if chunk_embeddings is None:
             h_text, chunks = self.text_encoder(input_ids, attention_mask, chunk_mask)
         else:
             chunks = chunk_embeddings
             h_text = masked_chunk_mean(chunks, chunk_mask)
+        if self.column_embedding is not None:
+            column = chunk_column if chunk_column is not None else torch.zeros_like(chunk_mask)
+            chunks = chunks + self.column_embedding(column.long()).to(chunks.dtype) * chunk_mask.unsqueeze(-1).to(chunks.dtype)  # (B, C, H)
+            h_text = masked_chunk_mean(chunks, chunk_mask)
         if self.chunk_pool is not None:
             h_text = self.chunk_pool(chunks, chunk_mask)
         return h_text, chunks, self.tab_encoder(numeric, categorical)
+
+    def export_copy(self) -> "MultimodalClassifier":
+        """An fp32 CPU eval copy that the ONNX exporters trace cleanly: padding chunks encoded and masked out (no
+        data-dependent packing; same result), eager attention (finite masks: a fully padded chunk stays finite, no NaN
+        from SDPA), and the fusion's own `export_copy`."""
+        import copy
+
+        m = copy.deepcopy(self).to("cpu", torch.float32).eval()
+        m.text_encoder.pack_chunks = False
+        backbone = m.text_encoder.backbone
+        if hasattr(backbone, "set_attn_implementation"):
+            try:
+                backbone.set_attn_implementation("eager")
+            except (ValueError, NotImplementedError):
+                pass
+        m.fusion = m.fusion.export_copy()
+        return m
 
     def classify(self, h_text, h_tab, chunks, chunk_mask) -> ModelOutput:
         """Fusion + head on encoded inputs (lets faithfulness checks swap one modality without re-encoding)."""
@@ -72,9 +100,16 @@ def blank_modalities(batch: dict[str, torch.Tensor], no_text: torch.Tensor, no_t
     return out
 
 
-def build_model(cfg: ModelConfig, backbone: nn.Module, n_numeric: int, cardinalities: list[int], n_classes: int) -> MultimodalClassifier:
+def build_model(cfg: ModelConfig, backbone: nn.Module, n_numeric: int, cardinalities: list[int], n_classes: int, n_text_columns: int = 1) -> MultimodalClassifier:
     text = TextEncoder(backbone, frozen=cfg.freeze_text_encoder)
     tab = TabularEncoder(n_numeric, cardinalities, cfg.category_embed_dim, cfg.tab_hidden, cfg.tab_dim, cfg.dropout)
     fusion = create_fusion(cfg.fusion, text.hidden_size, tab.out_dim, cfg)
     pool = AttentionChunkPool(text.hidden_size, cfg.fusion_dim) if cfg.chunk_pooling == "attention" else None
-    return MultimodalClassifier(text, tab, fusion, n_classes, pool).train()  # from_pretrained leaves the encoder in eval mode
+    model = MultimodalClassifier(text, tab, fusion, n_classes, pool, n_text_columns).train()  # from_pretrained leaves the encoder in eval mode
+    # a modality the variant never reads (the ablations) trains nothing: no parameter is left without a gradient
+    unread = {"text": [text, pool, model.column_embedding], "tab": [tab]}
+    for modality in set(unread) - set(fusion.reads):
+        for part in unread[modality]:
+            if part is not None:
+                part.requires_grad_(False)
+    return model

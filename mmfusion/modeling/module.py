@@ -19,7 +19,7 @@ from mmfusion.errors import ConfigError
 from mmfusion.modeling.metrics import attribution_auroc, classification_metrics, faithfulness, modality_drops
 from mmfusion.modeling.classifier import ModelOutput, MultimodalClassifier, blank_modalities
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings")
+MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings", "chunk_column")
 
 
 def check_class_weights(optim: OptimConfig, n_classes: int) -> None:
@@ -122,13 +122,6 @@ class FusionClassifierModule(L.LightningModule):
         loss = F.cross_entropy(out.logits.float(), batch["label"], weight=self.class_weights) + out.aux_loss
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
         return loss
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        # Parameters a variant leaves unused (e.g. moe_topk's noise net under hard routing) get a zero gradient, so
-        # every parameter has optimizer state and sharded checkpoints always hold the same keys to resume from.
-        for p in self.model.parameters():
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
 

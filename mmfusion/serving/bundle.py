@@ -30,6 +30,7 @@ from mmfusion.data.datamodule import collate
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
 from mmfusion.hashing import sha256_file
+from mmfusion.progress import progress
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.tracking.artifacts import ArtifactError, get_run, reading
@@ -127,7 +128,7 @@ class Predictor:
         with reading(where, "text_encoder/ (encoder config and tokenizer)"):
             self.tokenizer = AutoTokenizer.from_pretrained(path / "text_encoder")
             backbone = AutoModel.from_config(AutoConfig.from_pretrained(path / "text_encoder"), attn_implementation="sdpa")
-        self.model = build_model(self.cfg.model, backbone, self.pre.n_numeric_features, self.pre.cardinalities, len(self.pre.classes))
+        self.model = build_model(self.cfg.model, backbone, self.pre.n_numeric_features, self.pre.cardinalities, len(self.pre.classes), len(self.pre.texts))
         with reading(where, "model.safetensors"):
             self.model.load_state_dict(load_file(str(path / "model.safetensors")))
         self.model.eval()
@@ -135,17 +136,17 @@ class Predictor:
 
     def batch(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
         numeric, categorical = self.pre.transform(frame)
-        chunks = self.chunker(frame[self.pre.text_column].tolist())
-        items = [{"chunks": c, "numeric": numeric[i], "categorical": categorical[i], "label": 0, "modality": -1, "index": i} for i, c in enumerate(chunks)]
+        chunks, columns = self.chunker.chunk_columns(frame, self.pre.texts)
+        items = [{"chunks": c, "chunk_column": columns[i], "numeric": numeric[i], "categorical": categorical[i], "label": 0, "modality": -1, "index": i} for i, c in enumerate(chunks)]
         return collate(items, self.tokenizer.pad_token_id or 0)
 
     @torch.inference_mode()
     def predict(self, frame: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
         rows = []
-        for start in range(0, len(frame), batch_size):
+        for start in progress(range(0, len(frame), batch_size), f"scoring {len(frame)} rows", unit="batches"):
             part = frame.iloc[start : start + batch_size]
             b = self.batch(part)
-            out = self.model(b["input_ids"], b["attention_mask"], b["chunk_mask"], b["numeric"], b["categorical"])
+            out = self.model(b["input_ids"], b["attention_mask"], b["chunk_mask"], b["numeric"], b["categorical"], chunk_column=b["chunk_column"])
             probs = out.logits.float().softmax(-1).numpy()
             df = pd.DataFrame({"pred": np.asarray(self.pre.classes)[probs.argmax(1)]})
             for k, c in enumerate(self.pre.classes):

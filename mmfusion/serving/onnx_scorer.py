@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from mmfusion.errors import DataError
 from mmfusion.hashing import sha256_bytes, sha256_file
+from mmfusion.progress import progress
 from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.tracking.artifacts import ArtifactError, reading
 from mmfusion.tracking.contract import Tag
@@ -93,18 +94,20 @@ class FastTokenizer:
         return {"input_ids": [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]}
 
 
-def numpy_batch(chunks: list[list[list[int]]], numeric: np.ndarray, categorical: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+def numpy_batch(chunks: list[list[list[int]]], numeric: np.ndarray, categorical: np.ndarray, pad_id: int, columns: list[list[int]] | None = None) -> dict[str, np.ndarray]:
     """collate() without torch: pad chunks to the batch's most (at least 1) and tokens to its longest chunk."""
     b = len(chunks)
     c = max(1, max((len(ch) for ch in chunks), default=0))
     t = max([len(x) for ch in chunks for x in ch] or [2])
     ids = np.full((b, c, t), pad_id, np.int64)
     att = np.zeros((b, c, t), np.int64)
-    cmask = np.zeros((b, c), np.int64)
+    cmask, ccol = np.zeros((b, c), np.int64), np.zeros((b, c), np.int64)
     for i, sample in enumerate(chunks):
         for j, ch in enumerate(sample):
             ids[i, j, : len(ch)], att[i, j, : len(ch)], cmask[i, j] = ch, 1, 1
-    return {"input_ids": ids, "attention_mask": att, "chunk_mask": cmask, "numeric": numeric.astype(np.float32), "categorical": categorical.astype(np.int64)}
+        if columns is not None and columns[i]:
+            ccol[i, : len(columns[i])] = columns[i]
+    return {"input_ids": ids, "attention_mask": att, "chunk_mask": cmask, "chunk_column": ccol, "numeric": numeric.astype(np.float32), "categorical": categorical.astype(np.int64)}
 
 
 def scores_frame(outputs: dict[str, np.ndarray], classes: list[str]) -> "pd.DataFrame":
@@ -173,17 +176,18 @@ class OnnxPredictor:
     def check_columns(self, frame: "pd.DataFrame", source: str) -> None:
         from mmfusion.data.table import check_columns, check_numeric
 
-        check_columns(frame, [self.pre.text_column, *self.pre.numeric, *self.pre.categorical], source)
+        check_columns(frame, [*self.pre.texts, *self.pre.numeric, *self.pre.categorical], source)
         check_numeric(frame, list(self.pre.numeric), source)
 
     def predict(self, frame: "pd.DataFrame", batch_size: int = 64) -> "pd.DataFrame":
         import pandas as pd
 
         parts = []
-        for start in range(0, len(frame), batch_size):
+        for start in progress(range(0, len(frame), batch_size), f"scoring {len(frame)} rows (ONNX Runtime)", unit="batches"):
             part = frame.iloc[start : start + batch_size]
             numeric, categorical = self.pre.transform(part)
-            batch = numpy_batch(self.chunker(part[self.pre.text_column].tolist()), numeric, categorical, self.meta["pad_id"])
+            chunks, columns = self.chunker.chunk_columns(part, self.pre.texts)
+            batch = numpy_batch(chunks, numeric, categorical, self.meta["pad_id"], columns)
             parts.append(scores_frame(self.scorer(batch), self.pre.classes))
         result = pd.concat(parts, ignore_index=True) if parts else scores_frame({"probs": np.zeros((0, len(self.pre.classes))), "modality_weights": np.zeros((0, 2))}, self.pre.classes)
         if self.pre.id_column and self.pre.id_column in frame.columns:

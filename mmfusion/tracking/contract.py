@@ -44,6 +44,8 @@ class Tag:
     # integrity of served files
     BUNDLE_SHA256 = "mmfusion.bundle_sha256"  # JSON {relative path: sha256} of the logged bundle
     PREPROCESSING_SHA256 = "mmfusion.preprocessing_sha256"
+    # on registered model versions: the run and its ONNX sibling (the same weights, served without torch)
+    ONNX_MODEL_ID = "mmfusion.onnx_model_id"
 
 
 class Artifact:

@@ -99,7 +99,7 @@ def fit(
         raise ValueError("fit: trainer.checkpoints is on but no checkpoint_dir was given")
     backbone = load_text_backbone(cfg.model.text_encoder)
     n_classes = len(data.preprocessor.classes)
-    model = build_model(cfg.model, backbone, data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, n_classes)
+    model = build_model(cfg.model, backbone, data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, n_classes, len(data.preprocessor.texts))
     module = FusionClassifierModule(model, cfg.optim, n_classes, cfg.model.modality_dropout, data.preprocessor.class_counts)
     if cfg.trainer.compile and not cfg.model.freeze_text_encoder:
         backbone.compile(dynamic=True)  # in place: state-dict keys stay; dynamic: batch shapes vary (see results/bench.md)
@@ -146,7 +146,7 @@ def _full_model(cfg: Config, module: FusionClassifierModule, backbone_config, da
     if not any(isinstance(m, FSDPModule) for m in module.model.modules()):
         return module.model.cpu().eval()
     state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    copy = build_model(cfg.model, AutoModel.from_config(backbone_config), data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes))
+    copy = build_model(cfg.model, AutoModel.from_config(backbone_config), data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes), len(data.preprocessor.texts))
     if state:  # rank 0 receives the full state; the others get an empty dict
         copy.load_state_dict(state)
     return copy.eval()

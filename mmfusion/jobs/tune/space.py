@@ -7,6 +7,7 @@ from typing import Any
 import optuna
 
 from mmfusion.config import Config, ParamSpec, build_config
+from mmfusion.config.study import apply_params
 
 _MISSING = object()
 
@@ -28,12 +29,6 @@ def sample_params(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str,
 
 def trial_config(cfg: Config, params: dict[str, Any], number: int) -> Config:
     """The study's base config (without `study`) with the sampled values: what `train` runs and logs."""
-    raw = cfg.model_dump(mode="json", exclude={"study", "zoo"})
-    for name, value in params.items():
-        *parents, leaf = name.split(".")
-        node = raw
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    raw = apply_params(cfg.model_dump(mode="json", exclude={"study", "zoo"}), params)
     raw["tracking"]["run_name"] = f"{cfg.study.study_name}-trial-{number}"
     return build_config(raw, f"trial {number}'s config")
