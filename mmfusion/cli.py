@@ -23,6 +23,11 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, values parsed as YAML: model.fusion=gate trainer.max_epochs=2")
 
 
+def add_register_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--register", metavar="NAME", help=f"register the {what}'s model under NAME (alias @best) in the MLflow model registry")
+    p.add_argument("--alias", action="append", default=[], metavar="ALIAS", help="with --register: also this alias (e.g. champion); repeatable")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mmfusion", description="Multimodal (text + tabular) fusion zoo")
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")

@@ -63,3 +63,32 @@ def test_synthetic_source_names_seed_and_size(mlflow_uri, tokenizer):
     inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert len(inputs) == 3 and all("synthetic(seed=3, n=60)" in i.dataset.source for i in inputs)
     assert pd.Series([i.dataset.name for i in inputs]).str.startswith("synthetic-").all()
+
+
+def test_a_training_run_is_named_logs_its_inputs_and_system_metrics(mlflow_uri, tiny_overrides):
+    from mlflow.system_metrics import set_system_metrics_samples_before_logging, set_system_metrics_sampling_interval
+
+    from mmfusion.jobs.train import train
+
+    set_system_metrics_sampling_interval(0.5)
+    set_system_metrics_samples_before_logging(1)
+    try:
+        result = train(load_config(None, [*tiny_overrides, "seed=5", "model.fusion=moe-mlp-hard", "trainer.max_epochs=2"]))
+    finally:
+        set_system_metrics_sampling_interval(None)
+        set_system_metrics_samples_before_logging(None)
+    run = mlflow.get_run(result.run_id)
+    assert run.info.run_name == "moe-mlp-hard-synthetic-s5"
+    assert set(recorded_digests(run)) == {"train", "val", "test"}
+    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
+
+
+def test_study_trials_are_named_and_skip_system_metrics_unless_asked():
+    from mmfusion.jobs.tune.space import trial_config
+
+    study = {"study": {"study_name": "s", "n_trials": 2, "search_space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}}
+    cfg = load_config(None).model_copy(update={"study": load_config(None, [f"study={__import__('json').dumps(study['study'])}"]).study})
+    trial = trial_config(cfg, {"optim.lr": 1e-3}, 4)
+    assert trial.tracking.run_name == "s-t4" and trial.tracking.system_metrics is False
+    asked = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"system_metrics": True})})
+    assert trial_config(asked, {"optim.lr": 1e-3}, 4).tracking.system_metrics is True

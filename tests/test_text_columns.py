@@ -16,7 +16,7 @@ from mmfusion.data.datamodule import collate, prepare_data
 from mmfusion.encoders import load_tokenizer
 from mmfusion.errors import DataError
 from mmfusion.modeling.classifier import build_model
-from mmfusion.training.fit import train
+from mmfusion.jobs.train import train
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mmfusion.cli import add_config_arguments
+from mmfusion.cli import add_config_arguments, add_register_arguments
 
 HELP = "run, resume or join an Optuna study whose trials are train runs (config section `study`)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
+    add_register_arguments(p, "best trial")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -20,6 +21,11 @@ def main(args: argparse.Namespace) -> int:
     from mmfusion.training.hardware import describe
 
     cfg = load_config(args.config, args.overrides)  # config and search-space errors surface here, before any trial
+    if args.register:
+        from mmfusion.tracking.registry import check_aliases, check_name
+
+        check_name(args.register, "--register")
+        check_aliases(args.alias)
     if cfg.study is None:
         raise ConfigError(f"{args.config or 'the config'} has no `study` section (see experiments/study_quickstart.yaml)")
     from mmfusion.jobs.tune import DEFAULT_STORAGE, run_study, safe_url
@@ -43,4 +49,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     b = res.best
     print(f"best trial #{b.number}: {sc.metric} = {b.value:.4f} {b.params}\n  MLflow run {b.user_attrs.get('mlflow_run_id')} (tag mmfusion.best_run_id on the parent run)")
+    if args.register and b.user_attrs.get("mlflow_run_id"):
+        from mmfusion.jobs.register import register_best
+        from mmfusion.tracking.contract import tracking_uri
+
+        version = register_best(b.user_attrs["mlflow_run_id"], args.register, tuple(args.alias), uri=tracking_uri(cfg), parent_run_id=res.parent_run_id)
+        print(f"registered as models:/{args.register}/{version.version} (@best{''.join(' @' + a for a in args.alias)}), run {version.run_id}")
     return 0

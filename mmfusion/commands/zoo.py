@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmfusion.cli import add_config_arguments
+from mmfusion.cli import add_config_arguments, add_register_arguments
 from mmfusion.tracking.contract import Tag
 
 HELP = "train every fusion variant of a zoo config for the same seeds, data and budget, then compare them"
@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for the comparison (default: <trainer.output_dir>/zoo-<parent id>)")
     p.add_argument("--resume", metavar="PARENT_RUN_ID", help="continue a zoo: its finished members are kept, the rest trained")
     p.add_argument("--no-compare", action="store_true", help="train only; run `mmfusion compare --parent ID` later")
+    add_register_arguments(p, "best member (by the zoo's first metric)")
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -53,6 +54,11 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     seeds = parse_seeds(args.seeds)
+    if args.register:
+        from mmfusion.tracking.registry import check_aliases, check_name
+
+        check_name(args.register, "--register")
+        check_aliases(args.alias)
     if args.out:
         from mmfusion.paths import check_output_dir
 
@@ -71,4 +77,13 @@ def main(args: argparse.Namespace) -> int:
 
         print(to_markdown(result.comparison))
         print(f"written to {result.out_dir} and logged to the parent run under comparison/")
+    if args.register:
+        from mmfusion.config import ZooConfig
+        from mmfusion.jobs.register import best_member, register_best
+        from mmfusion.tracking.contract import tracking_uri
+
+        uri = tracking_uri(cfg)
+        best = best_member(result.run_ids, (cfg.zoo or ZooConfig()).metrics[0], uri)
+        version = register_best(best, args.register, tuple(args.alias), uri=uri, parent_run_id=result.parent_run_id)
+        print(f"registered the best member (run {best}) as models:/{args.register}/{version.version} (@best{''.join(' @' + a for a in args.alias)})")
     return 0

@@ -192,8 +192,10 @@ class TrainerConfig(Strict):
 class TrackingConfig(Strict):
     experiment: str = Field("mmfusion", min_length=1)
     uri: str | None = None  # MLFLOW_TRACKING_URI wins when set; default sqlite:///mlflow.db
-    run_name: str | None = None
+    run_name: str | None = None  # null: <fusion or preset>-<data>-s<seed> (study trials: <study>-t<number>)
     log_model: bool = True
+    register_as: str | None = None  # also register the run's model under this name, alias @best (needs log_model)
+    system_metrics: bool | None = None  # MLflow's CPU/RAM/GPU metrics; null: on for training runs, off for study trials
 
     @field_validator("experiment", "run_name")
     @classmethod
@@ -201,6 +203,19 @@ class TrackingConfig(Strict):
         if value is not None and (_CONTROL.search(value) or not value.strip()):
             raise ValueError("must be non-empty, without control characters (newlines, tabs, ...)")
         return value
+
+    @field_validator("register_as")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c in value for c in "/@:") or _CONTROL.search(value)):
+            raise ValueError("must be a non-empty name without '/', '@', ':' or control characters")
+        return value
+
+    @model_validator(mode="after")
+    def _registered_needs_model(self) -> "TrackingConfig":
+        if self.register_as is not None and not self.log_model:
+            raise ValueError("tracking.register_as needs tracking.log_model=true (there is no model to register otherwise)")
+        return self
 
 
 class ExportConfig(Strict):

@@ -27,6 +27,7 @@ from mmfusion.errors import DataError
 from mmfusion.jobs.train import train
 from mmfusion.tracking.runs import config_of_run
 from mmfusion.tracking.session import git_sha, library_versions
+from mmfusion.tracking.lineage import changed_splits, recorded_digests
 from mmfusion.tracking.contract import Artifact, Tag, predictions_path, tracking_uri as resolve_uri
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,20 @@ def check_environment(client: mlflow.MlflowClient, run) -> list[str]:
 
 
 def check_data(cfg: Config, run, allow_change: bool) -> list[str]:
-    recorded = run.data.tags.get(Tag.DATA_FINGERPRINT)
-    now = prepare_data(cfg.data, cfg.seed, load_tokenizer(cfg.model.text_encoder)).fingerprint
-    if recorded == now:
-        return []
+    """The run's logged inputs (per split: name and digest; runs from before lineage: the fingerprint tag) against the
+    data as it is now. A difference is an error naming the split, the table and both digests, unless allowed."""
+    data = prepare_data(cfg.data, cfg.seed, load_tokenizer(cfg.model.text_encoder))
     source = cfg.data.path if cfg.data.source == "table" else "synthetic data"
-    msg = f"the data changed since run {run.info.run_id}: {source} has fingerprint {now}, the run recorded {recorded}"
+    if recorded_digests(run):
+        changed = changed_splits(run, data)
+        if not changed:
+            return []
+        msg = f"the data changed since run {run.info.run_id}: {source}: {'; '.join(changed)}"
+    else:
+        recorded, now = run.data.tags.get(Tag.DATA_FINGERPRINT), data.fingerprint
+        if recorded == now:
+            return []
+        msg = f"the data changed since run {run.info.run_id}: {source} has fingerprint {now}, the run recorded {recorded}"
     if not allow_change:
         raise DataError(msg + " (pass --allow-data-change to train on the data as it is now)")
     return [msg]

@@ -31,6 +31,8 @@ from mmfusion.jobs.outputs import log_outputs
 from mmfusion.modeling.module import FusionClassifierModule, check_class_weights
 from mmfusion.tracking import contract
 from mmfusion.tracking.contract import Artifact, Tag
+from mmfusion.tracking.lineage import log_inputs
+from mmfusion.tracking.registry import register
 from mmfusion.tracking.runs import check_resumable
 from mmfusion.tracking.session import beat, git_sha, log_config, mlflow_run
 from mmfusion.training.callbacks import resumable_checkpoint
@@ -144,7 +146,11 @@ def train(
     and its run ends KILLED.
     """
     with signals.stop_on_signals():
-        return _train(cfg, list(callbacks), parent_run_id, extra_tags, resume_run_id, contract.tracking_uri(cfg, flag=tracking_uri), trial)
+        result = _train(cfg, list(callbacks), parent_run_id, extra_tags, resume_run_id, contract.tracking_uri(cfg, flag=tracking_uri), trial)
+    if cfg.tracking.register_as and result.run_id is not None:  # after the run ended FINISHED: a name for its model
+        version = register(result.run_id, cfg.tracking.register_as)
+        log.info("registered run %s as models:/%s/%s (@best)", result.run_id, cfg.tracking.register_as, version.version)
+    return result
 
 
 def _train(cfg: Config, callbacks: list[L.Callback], parent_run_id: str | None, extra_tags: dict[str, str] | None, resume_run_id: str | None,
@@ -168,6 +174,7 @@ def _train(cfg: Config, callbacks: list[L.Callback], parent_run_id: str | None, 
         (job_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
         if resume_run_id is None:
             log_config(cfg)
+            log_inputs(cfg, data)  # lineage: the run's Datasets tab, and the digests reproduce/compare check
             mlflow.log_text(data.preprocessor.to_json(), Artifact.PREPROCESSING)
             mlflow.set_tags({Tag.JOB_DIR: str(job_dir), Tag.STRATEGY: cfg.trainer.strategy, Tag.WORLD_SIZE: str(world_size(cfg))})
         if not launch.needs_supervisor(cfg):

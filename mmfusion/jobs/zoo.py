@@ -22,6 +22,7 @@ from mmfusion.errors import ConfigError
 from mmfusion.jobs.train import train
 from mmfusion.tracking.session import git_sha, library_versions, mlflow_run
 from mmfusion.tracking.contract import Tag
+from mmfusion.tracking.lineage import data_name
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def members(cfg: Config, seeds: list[int] | None = None, only: list[str] | None 
         for seed in seeds:
             raw = {**base, "seed": seed, "model": {**base["model"], **model}}
             raw["data"] = {**base["data"], "split_seed": seed if zoo.vary_data else pinned}
-            raw["tracking"] = {**base["tracking"], "run_name": f"{label} seed={seed}"}
+            raw["tracking"] = {**base["tracking"], "run_name": base["tracking"].get("run_name") or f"{label}-{data_name(cfg)}-s{seed}"}
             out.append(Member(label, seed, build_config(raw, f"zoo member {label!r} (seed {seed})")))
     return out
 

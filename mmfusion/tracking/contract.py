@@ -46,6 +46,7 @@ class Tag:
     PREPROCESSING_SHA256 = "mmfusion.preprocessing_sha256"
     # on registered model versions: the run and its ONNX sibling (the same weights, served without torch)
     ONNX_MODEL_ID = "mmfusion.onnx_model_id"
+    RETRAIN_OF = "mmfusion.retrain_of"  # a best run trained again with its model, to be registered
 
 
 class Artifact:

@@ -29,13 +29,17 @@ def check_name(name: str, what: str = "registered model name") -> str:
     return name
 
 
+def check_aliases(aliases) -> None:
+    for alias in aliases:
+        if not ALIAS.match(alias) or re.fullmatch(r"v\d+", alias):
+            raise UserError(f"alias {alias!r} must start with a letter and hold letters, digits, '_' or '-' (not v<number>)")
+
+
 def register(run_id: str, name: str, aliases: tuple[str, ...] = ("best",), client: mlflow.MlflowClient | None = None) -> ModelVersion:
     """A new version of `name` from the run's pyfunc model, with `aliases` moved onto it."""
     client = client or mlflow.MlflowClient()
     check_name(name)
-    for alias in aliases:
-        if not ALIAS.match(alias) or re.fullmatch(r"v\d+", alias):
-            raise UserError(f"alias {alias!r} must start with a letter and hold letters, digits, '_' or '-' (not v<number>)")
+    check_aliases(aliases)
     model_id = logged_model_id(run_id, Artifact.MODEL)
     if model_id is None:
         raise UserError(f"run {run_id} logged no model to register as {name!r} (it ran with tracking.log_model=false)")

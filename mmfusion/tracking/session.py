@@ -57,6 +57,13 @@ def beat(run_id: str, tracking_uri: str | None = None) -> None:
         log.warning("heartbeat of run %s not recorded: %s", run_id, err)
 
 
+def run_name(cfg: Config) -> str:
+    """`tracking.run_name`, else `<fusion or preset>-<data>-s<seed>`: a table of runs that reads without opening them."""
+    from mmfusion.tracking.lineage import data_name  # the data's name; lineage imports the data layer
+
+    return cfg.tracking.run_name or f"{cfg.model.fusion_preset or cfg.model.fusion}-{data_name(cfg)}-s{cfg.seed}"
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, parent_run_id: str | None = None, uri: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume) a run in `uri` (default: `contract.tracking_uri(cfg)`); it always ends: FINISHED, KILLED when
@@ -68,7 +75,8 @@ def mlflow_run(cfg: Config, tags: dict[str, str], run_id: str | None = None, par
         mlflow.set_experiment(cfg.tracking.experiment)
     run = mlflow.start_run(
         run_id=run_id,
-        run_name=cfg.tracking.run_name if run_id is None else None,
+        run_name=run_name(cfg) if run_id is None else None,
+        log_system_metrics=cfg.tracking.system_metrics is not False,
         nested=parent_run_id is not None,
         parent_run_id=parent_run_id,
         tags={**tags, **owner_tags()},

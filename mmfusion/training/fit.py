@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import FSDPModule
 from transformers import AutoModel
 
+from mmfusion import progress
 from mmfusion.config import Config
 from mmfusion.data.datamodule import MultimodalDataModule, PreparedData
 from mmfusion.data.embedding_cache import attach_chunk_embeddings
@@ -68,7 +69,7 @@ def _trainer(cfg: Config, logger: Logger | bool, root_dir: Path | None, callback
         gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic,
         log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=t.enable_progress_bar and not progress.is_quiet(),  # `--quiet`: no bars at all
         enable_model_summary=False,
         enable_checkpointing=t.checkpoints,
         num_sanity_val_steps=0,

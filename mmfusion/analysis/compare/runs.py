@@ -11,6 +11,7 @@ import pandas as pd
 from mmfusion.errors import UserError
 from mmfusion.tracking.artifacts import check_run_id
 from mmfusion.tracking.contract import Tag, predictions_path
+from mmfusion.tracking.lineage import recorded_digests
 
 log = logging.getLogger(__name__)
 LABEL_TAG, FUSION_TAG, FINGERPRINT_TAG = Tag.ZOO_LABEL, Tag.FUSION, Tag.DATA_FINGERPRINT
@@ -65,6 +66,13 @@ def _has(df: pd.DataFrame, tag: str) -> pd.Series:
     return df[col].notna() if col in df.columns else pd.Series(False, index=df.index)
 
 
+def data_digest(run_id: str, fingerprint_tag: str | None) -> str | None:
+    """What pairs two runs' data: the digests of the train/val/test inputs they logged (lineage); the fingerprint tag
+    for runs logged before that."""
+    digests = recorded_digests(mlflow.get_run(run_id))
+    return "|".join(f"{split}:{digests[split][1]}" for split in sorted(digests)) if digests else fingerprint_tag
+
+
 def runs_table(df: pd.DataFrame, *, group_by: str | None = None, include_reproductions: bool = False, latest_per_seed: bool = True, notes: list[str] | None = None) -> pd.DataFrame:
     """search_runs frame -> rows: label, seed, run_id, fingerprint, metrics. `latest_per_seed`: one run per (variant,
     seed), the latest (a rerun replaces a run); false keeps them all (a study's trials share a seed)."""
@@ -94,7 +102,7 @@ def runs_table(df: pd.DataFrame, *, group_by: str | None = None, include_reprodu
         "seed": pd.to_numeric(df.get("params.seed", missing), errors="coerce").to_numpy(),
         "run_id": df["run_id"].to_numpy(),
         "start_time": df["start_time"].to_numpy(),
-        "fingerprint": df.get(f"tags.{FINGERPRINT_TAG}", missing).to_numpy(),
+        "fingerprint": [data_digest(run_id, tag) for run_id, tag in zip(df["run_id"], df.get(f"tags.{FINGERPRINT_TAG}", missing))],
     })
     for col in df.columns:
         if col.startswith("metrics."):

@@ -30,5 +30,7 @@ def sample_params(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str,
 def trial_config(cfg: Config, params: dict[str, Any], number: int) -> Config:
     """The study's base config (without `study`) with the sampled values: what `train` runs and logs."""
     raw = apply_params(cfg.model_dump(mode="json", exclude={"study", "zoo"}), params)
-    raw["tracking"]["run_name"] = f"{cfg.study.study_name}-trial-{number}"
+    raw["tracking"]["run_name"] = f"{cfg.study.study_name}-t{number}"
+    if raw["tracking"].get("system_metrics") is None:  # trials are many and short: MLflow's system metrics only when asked
+        raw["tracking"]["system_metrics"] = False
     return build_config(raw, f"trial {number}'s config")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from mmfusion import signals
+from mmfusion import progress, signals
 from mmfusion.jobs import launch
 from mmfusion.config import Config, StudyConfig
 from mmfusion.errors import ConfigError, UserError
@@ -24,6 +25,26 @@ from mmfusion.jobs.tune.report import ParentLog, log_best, log_plots, log_study_
 from mmfusion.jobs.tune.storage import DEFAULT_STORAGE, FINISHED, PARENT_ATTR, count, fail_stale, open_study
 
 log = logging.getLogger(__name__)
+
+
+class TrialLine:
+    """One progress line per finished trial (stderr; none with `--quiet`): how far the study is, and the best so far."""
+
+    def __init__(self, n_trials: int | None) -> None:
+        self.n_trials, self.started = n_trials, time.monotonic()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if progress.is_quiet():
+            return
+        done = count(study)
+        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        try:
+            best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:  # no complete trial yet
+            best = "no complete trial yet"
+        of = f"/{self.n_trials}" if self.n_trials else ""
+        print(f"trial {trial.number} {trial.state.name.lower()} {value}; {done}{of} done, {best}, {time.monotonic() - self.started:.0f} s",
+              file=sys.stderr, flush=True)
 
 
 class _StopAt:
@@ -78,7 +99,7 @@ def optimize(study: optuna.Study, objective: Objective, sc: StudyConfig, callbac
             return
         try:
             # no gc_after_trial: AfterTrial collects, then re-raises a signal that a finalizer swallowed meanwhile
-            study.optimize(objective, timeout=left, catch=(Exception,), callbacks=[AfterTrial(), *callbacks, FailureLimit(objective, sc.max_failed_trials), *stop])
+            study.optimize(objective, timeout=left, catch=(Exception,), callbacks=[AfterTrial(), TrialLine(sc.n_trials), *callbacks, FailureLimit(objective, sc.max_failed_trials), *stop])
         except ValueError as err:  # our trial was failed as stale by another worker while it ran (optuna#5470)
             if "Cannot tell a" not in str(err):
                 raise
