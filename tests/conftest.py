@@ -80,3 +80,14 @@ def tiny_overrides(tiny_bert) -> list[str]:
         "trainer.precision=32-true",
         "data.cache_dir=null",
     ]
+
+
+E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """tests/e2e/ is the slow lane (processes, servers, browsers, real models): every test there is marked `slow`, so
+    `-m "not slow"` and `tests/unit` are the same fast lane."""
+    for item in items:
+        if E2E in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)

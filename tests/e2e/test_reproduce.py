@@ -4,11 +4,6 @@ CPU; changed data is a clear error; code and library differences are warnings; i
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import mlflow
 import numpy as np
@@ -98,46 +93,6 @@ def test_unknown_run_is_exit_2(mlflow_module_uri, capsys):
     assert "run '0123456789abcdef0123456789abcdef' not found in the tracking store" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path, monkeypatch):
-    """`mlflow server` on loopback with a SQLite backend and proxied artifacts; MLFLOW_TRACKING_URI points at it."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "server-artifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = open(tmp_path / "server.log", "w")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: a faster start
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        monkeypatch.chdir(tmp_path)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
 def test_reproduce_against_a_tracking_server(mlflow_server, cheap, tmp_path):
     from mmfusion.config import load_config
     from mmfusion.jobs.train import train
@@ -145,10 +100,11 @@ def test_reproduce_against_a_tracking_server(mlflow_server, cheap, tmp_path):
     original = train(load_config(None, [*cheap, "model.fusion=gate", "model.freeze_text_encoder=true"])).run_id
     rep = reproduce(original)
     assert rep.within(0.0) and rep.max_metric_diff == 0.0 and rep.predictions["same_preds"]
-    client = mlflow.MlflowClient(mlflow_server)
+    url, artifacts, work = mlflow_server
+    client = mlflow.MlflowClient(url)
     new = client.get_run(rep.run_id)
     assert new.data.tags["mmfusion.reproduces"] == original and new.info.artifact_uri.startswith("mlflow-artifacts:")
-    assert any((tmp_path / "server-artifacts").rglob("reproduction.json"))  # stored by the server, not locally
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
-    assert os.environ["MLFLOW_TRACKING_URI"] == mlflow_server
+    assert any(artifacts.rglob("reproduction.json"))  # stored by the server, not locally
+    assert not (work / "mlflow.db").exists() and not (work / "mlruns").exists()
+    assert os.environ["MLFLOW_TRACKING_URI"] == url
     assert np.isfinite(new.data.metrics["test_accuracy"])

@@ -18,10 +18,9 @@ from mmfusion.jobs.launch import Job, read_result, write_result
 from mmfusion.tracking import predictions
 from mmfusion.training.fit import fit
 
-PACKAGE = Path(__file__).resolve().parents[1] / "mmfusion"
+PACKAGE = Path(__file__).resolve().parents[2] / "mmfusion"
 
 
-@pytest.mark.slow
 def test_fit_trains_without_mlflow_and_leaves_the_environment_alone(mlflow_uri, tiny_overrides, tmp_path):
     cfg = load_config(None, [*tiny_overrides, "model.fusion=gate"])
     tokenizer = load_tokenizer(cfg.model.text_encoder)

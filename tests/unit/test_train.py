@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import mlflow
 import numpy as np
@@ -97,17 +95,6 @@ def test_class_weights_of_the_wrong_length_are_an_error(mlflow_uri, tiny_overrid
     with pytest.raises(ConfigError, match="class_weights has 3 values but the data has 2 classes"):
         train(load_config(None, [*tiny_overrides, "optim.class_weights=[1,2,3]"]))
     assert len(runs(mlflow_uri)) == 0  # nothing was logged
-
-
-def test_cli_data_error_is_exit_2_without_a_run(mlflow_uri, tiny_bert, tmp_path):
-    pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}).to_csv(tmp_path / "d.csv", index=False)
-    proc = subprocess.run(
-        [sys.executable, "-m", "mmfusion", "train", f"model.text_encoder={tiny_bert}", "data.source=table", f"data.path={tmp_path / 'd.csv'}", "data.text_column=dialogue"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "missing column(s) 'dialogue'" in proc.stderr and "d.csv" in proc.stderr and "Traceback" not in proc.stderr
-    assert len(runs(mlflow_uri)) == 0
 
 
 def test_embedding_cache_gives_identical_results(mlflow_uri, tiny_overrides, tmp_path):

@@ -14,7 +14,7 @@ from mmfusion.config import build_config, load_config, resolved_dict
 from mmfusion.errors import ConfigError
 from mmfusion.jobs.reproduce import reproduce
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 SIZE_METRICS = {"n_params", "n_trainable_params", "n_fusion_params"}
 
 

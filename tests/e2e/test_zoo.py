@@ -16,7 +16,7 @@ from mmfusion.errors import ConfigError
 from mmfusion.fusion import list_fusions
 from mmfusion.jobs.zoo import members
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_zoo_yaml_has_every_registered_variant():

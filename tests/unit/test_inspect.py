@@ -17,7 +17,6 @@ from mmfusion.analysis.inspection import build_report, fusion_diagnostics, stron
 from mmfusion.analysis.plots import plt
 from mmfusion.jobs.train import train
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "inspect_modality_weights.ipynb"
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +108,3 @@ def test_every_weight_figure_is_labelled():
         plt.close(fig)
     labels = [t.get_text() for t in figures["expert_load"].axes[0].get_xticklabels()]
     assert labels == ["0\ntext", "1\ntext", "2\ntable", "3\ntable"]  # what the variant says each expert reads
-
-
-def test_notebook_executes_against_the_run(gate_run, monkeypatch, tmp_path):
-    import nbclient
-    import nbformat
-
-    result, _, uri = gate_run
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the parameters alone say which run of which store
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    [at] = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(f"RUN_ID = {result.run_id!r}\nTRACKING_URI = {uri!r}"))  # as papermill injects them
-    # run elsewhere than the store's folder: the default sqlite:///mlflow.db would not find the run
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises on any failing cell
-    texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert f"run {result.run_id} (FINISHED)" in texts and "'passed': True" in texts
-    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert images >= 6  # two drawn from the predictions, four logged by the run
