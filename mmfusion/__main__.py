@@ -1,3 +1,5 @@
+"""`python -m mmfusion`: the CLI (mmfusion/cli.py)."""
+
 import sys
 
 from mmfusion.cli import main

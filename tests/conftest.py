@@ -28,12 +28,13 @@ def tiny_bert(tmp_path_factory) -> str:
     return str(path)
 
 
-def use_mlflow_store(root: Path, mp: pytest.MonkeyPatch) -> str:
-    """Point MLflow at a new SQLite store in `root` (env, process-wide URI, working directory) and forget any active
-    run or experiment; `mp` undoes the environment and directory changes. -> the tracking URI."""
+def use_mlflow_store(root: Path, mp: pytest.MonkeyPatch, uri: str | None = None) -> str:
+    """Point MLflow at a store (default: a new SQLite file in `root`) through the environment and the process-wide
+    URI, work in `root`, and forget any active run or experiment; `mp` undoes the environment and directory changes.
+    -> the tracking URI."""
     import mlflow
 
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = uri or f"sqlite:///{root / 'mlflow.db'}"
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mp.chdir(root)
@@ -46,6 +47,12 @@ def use_mlflow_store(root: Path, mp: pytest.MonkeyPatch) -> str:
     mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it
     return uri
+
+
+@pytest.fixture
+def point_mlflow(monkeypatch):
+    """`point_mlflow(folder, uri)`: `use_mlflow_store` for fixtures elsewhere (an e2e server)."""
+    return lambda folder, uri=None: use_mlflow_store(folder, monkeypatch, uri)
 
 
 @pytest.fixture

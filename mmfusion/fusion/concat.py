@@ -1,6 +1,7 @@
+"""The `concat` fusion variant (see its class docstring for the formula); registered with its options and presets."""
+
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from mmfusion.fusion.base import Fusion, FusionOutput, register_fusion, two_way

@@ -1,3 +1,5 @@
+"""The `gate` fusion variant (see its class docstring for the formula); registered with its options and presets."""
+
 from __future__ import annotations
 
 import torch

@@ -1,3 +1,5 @@
+"""The `moe` fusion variant (see its class docstring for the formula); registered with its options and presets."""
+
 from __future__ import annotations
 
 from typing import Literal

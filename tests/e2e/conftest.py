@@ -9,7 +9,6 @@ import sys
 import time
 import urllib.request
 
-import mlflow
 import pytest
 
 
@@ -20,7 +19,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path, monkeypatch):
+def mlflow_server(tmp_path, point_mlflow):
     """`mlflow server` on loopback with a SQLite backend and proxied artifacts, in tmp/server; MLFLOW_TRACKING_URI
     points at it and the working directory is tmp/work, so anything written locally by mistake shows there."""
     server, work = tmp_path / "server", tmp_path / "work"
@@ -44,15 +43,7 @@ def mlflow_server(tmp_path, monkeypatch):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mlflow server did not start: {(server / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        monkeypatch.chdir(work)
-        # forget a URI, run or experiment an earlier test left in MLflow's process-wide state
-        mlflow.set_tracking_uri(url)
-        while mlflow.active_run():
-            mlflow.end_run()
-        monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        point_mlflow(work, url)
         yield url, server / "artifacts", work
     finally:
         proc.terminate()
