@@ -214,10 +214,9 @@ def top_samples(frame: pd.DataFrame, rows: pd.DataFrame | None, pre: "TabularPre
 def build_report(run_id: str, top: int = 10) -> Report:
     """Read a run back from the active MLflow tracking store and assemble its report."""
     import mlflow
-    import yaml
 
     from mmfusion.tracking.artifacts import get_run, reading
-    from mmfusion.config import build_config
+    from mmfusion.tracking.runs import config_of_run
     from mmfusion.data.tabular import TabularPreprocessor
     from mmfusion.analysis import plots
 
@@ -228,10 +227,6 @@ def build_report(run_id: str, top: int = 10) -> Report:
         download = lambda path: Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp))  # noqa: E731
         with reading(where, "predictions/"):
             pred_dir = download("predictions")
-        with reading(where, "config.yaml"):
-            raw_cfg = yaml.safe_load(download("config.yaml").read_text())
-            if not isinstance(raw_cfg, dict):
-                raise ValueError(f"a mapping was expected, got {type(raw_cfg).__name__}")
         with reading(where, "preprocessing.json"):
             pre_file = download("preprocessing.json")
         pre = TabularPreprocessor.load(pre_file, where)
@@ -246,7 +241,7 @@ def build_report(run_id: str, top: int = 10) -> Report:
         with reading(where, "plots/"):
             if any(a.path == "plots" for a in client.list_artifacts(run_id)):
                 png = {p.stem: p.read_bytes() for p in sorted(download("plots").glob("*.png"))}
-    cfg = build_config(raw_cfg, f"run {run_id} config.yaml")
+    cfg = config_of_run(run_id, client=client)  # the one reader of a run's config
     split = "test" if len(frames.get("test", [])) else "val"
     if split not in frames:
         raise DataError(f"run {run_id}: no predictions/test.csv or predictions/val.csv")

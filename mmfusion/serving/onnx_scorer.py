@@ -24,14 +24,15 @@ from mmfusion.hashing import sha256_bytes, sha256_file
 from mmfusion.progress import progress
 from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.tracking.artifacts import ArtifactError, reading
-from mmfusion.tracking.contract import Tag
+from mmfusion.tracking.contract import Artifact, Tag
 
 if TYPE_CHECKING:
     import pandas as pd
 
 # Files under the run's `onnx/` artifact folder: with the ONNX logged model they are all `predict --onnx` needs.
-META_FILE, PARITY_FILE, INT8_FILE, PREPROCESSING_FILE, TOKENIZER_DIR = "onnx_meta.json", "onnx_parity.json", "onnx_int8.json", "preprocessing.json", "tokenizer"
-ONNX_MODEL_NAME, INT8_MODEL_NAME = "model_onnx", "model_onnx_int8"  # LoggedModels; not "onnx", which MLflow would list inside onnx/
+META_FILE, PARITY_FILE, INT8_FILE = Artifact.ONNX_META, Artifact.ONNX_PARITY, Artifact.ONNX_INT8  # names: tracking/contract.py
+PREPROCESSING_FILE, TOKENIZER_DIR = Artifact.PREPROCESSING, Artifact.ONNX_TOKENIZER
+ONNX_MODEL_NAME, INT8_MODEL_NAME = Artifact.ONNX_MODEL, Artifact.ONNX_INT8_MODEL
 ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(double)": np.float64}  # input type -> numpy
 
 

@@ -59,6 +59,10 @@ class Artifact:
     ROUTER_PLOT = "plots/router_weights.png"
     REPRODUCTION = "reproduction.json"
     MODEL = "model"  # the pyfunc model's name
+    # the ONNX export: LoggedModels (not "onnx", which MLflow would list inside onnx/) and the files under onnx/
+    ONNX_MODEL, ONNX_INT8_MODEL = "model_onnx", "model_onnx_int8"
+    ONNX_META, ONNX_PARITY, ONNX_INT8 = "onnx_meta.json", "onnx_parity.json", "onnx_int8.json"
+    ONNX_TOKENIZER = "tokenizer"
 
 
 def predictions_path(split: str) -> str:
