@@ -7,6 +7,7 @@ A split's digest is the sha256 (16 hex) of its used columns' values in order, th
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -48,7 +49,9 @@ def log_inputs(cfg: Config, data: PreparedData) -> None:
     for split, digest in split_digests(data).items():
         source = split_source(cfg, split, seed)
         src = CodeDatasetSource({"mmfusion.source": source}) if cfg.data.source == "synthetic" else source
-        dataset = mlflow.data.from_pandas(data.splits[split].frame[used], source=src, targets=data.columns["label"], name=f"{name}-{split}", digest=digest)
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so for every path
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            dataset = mlflow.data.from_pandas(data.splits[split].frame[used], source=src, targets=data.columns["label"], name=f"{name}-{split}", digest=digest)
         mlflow.log_input(dataset, context=CONTEXTS[split])
 
 
