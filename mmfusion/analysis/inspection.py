@@ -8,24 +8,37 @@ tabular values), w_text statistics per class (and per truly informative modality
 
 from __future__ import annotations
 
+import io
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import mlflow
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import DataLoader
 
+from mmfusion.analysis import plots
+from mmfusion.data.datamodule import SplitDataset, collate, fingerprint, load_frames
+from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
-from mmfusion.tracking.contract import Tag
+from mmfusion.fusion import FUSIONS
+from mmfusion.modeling.metrics import attribution_auroc
+from mmfusion.modeling.module import MODEL_INPUTS
+from mmfusion.tracking.artifacts import get_run, reading
+from mmfusion.tracking.contract import MODALITY_CODES, UNKNOWN_MODALITY, Tag
+from mmfusion.tracking.runs import config_of_run
 
 if TYPE_CHECKING:
     from mmfusion.config import Config
     from mmfusion.data.datamodule import PreparedData, Split
-    from mmfusion.data.tabular import TabularPreprocessor
     from mmfusion.modeling.module import FusionClassifierModule
     from mmfusion.modeling.classifier import MultimodalClassifier
 
+plt = plots.plt  # pyplot, after `plots` chose the Agg backend
 SNIPPET_CHARS = 100
 
 
@@ -35,13 +48,8 @@ SNIPPET_CHARS = 100
 def fusion_diagnostics(model: "MultimodalClassifier", split: "Split", pad_id: int, batch_size: int = 64) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The variant's per-sample diagnostics (`Fusion.diagnostics`, e.g. gate's g) over a split: name -> per dimension,
     mean and std over the samples, (D,), (D,). Empty for a variant without any."""
-    from functools import partial
 
-    import torch
-    from torch.utils.data import DataLoader
 
-    from mmfusion.data.datamodule import SplitDataset, collate
-    from mmfusion.modeling.module import MODEL_INPUTS
 
     found: dict[str, list[torch.Tensor]] = {}
     device = next(model.parameters()).device
@@ -61,7 +69,6 @@ def fusion_diagnostics(model: "MultimodalClassifier", split: "Split", pad_id: in
 
 def expert_modalities(model_cfg) -> list[str] | None:
     """The modality each expert of the configured variant reads (None: not a mixture of experts)."""
-    from mmfusion.fusion import FUSIONS
 
     variant = FUSIONS.get(model_cfg.fusion)
     return variant.expert_modalities(variant.Options.model_validate(model_cfg.fusion_options))
@@ -70,7 +77,6 @@ def expert_modalities(model_cfg) -> list[str] | None:
 def weight_figures(frames: dict[str, pd.DataFrame], fusion: str, epoch_weights: list | None = None, diagnostics: dict | None = None, experts: list[str] | None = None) -> dict:
     """name -> matplotlib figure, beside router_weights.png (by split, class, informative modality). `diagnostics`:
     name -> (mean, std, split) per dimension; `experts`: the modality each expert reads."""
-    from mmfusion.analysis import plots
 
     figures = {"w_text_correct_vs_wrong": plots.correctness_figure(frames, fusion)}
     if epoch_weights:
@@ -84,8 +90,6 @@ def weight_figures(frames: dict[str, pd.DataFrame], fusion: str, epoch_weights: 
 
 def log_weight_plots(cfg: "Config", frames: dict[str, pd.DataFrame], module: "FusionClassifierModule", data: "PreparedData", pad_id: int) -> list[str]:
     """Log the modality-weight figures to the active MLflow run under plots/; -> the artifact paths."""
-    import matplotlib.pyplot as plt
-    import mlflow
 
     split = "test" if len(data.splits["test"].ids) else "val"
     found = fusion_diagnostics(module.model, data.splits[split], pad_id, cfg.trainer.eval_batch_size)
@@ -144,7 +148,6 @@ def strongest_tabular(rows: pd.DataFrame, pre: "TabularPreprocessor", k: int = 3
 
 def source_rows(cfg: "Config", fingerprint_tag: str | None) -> tuple[pd.DataFrame | None, list[str]]:
     """The raw rows the run was trained on, indexed by the id its predictions carry (as prepare_data assigns them)."""
-    from mmfusion.data.datamodule import fingerprint, load_frames
 
     try:
         seed = cfg.data.split_seed if getattr(cfg.data, "split_seed", None) is not None else cfg.seed  # as prepare_data
@@ -188,10 +191,7 @@ def modality_auroc(frame: pd.DataFrame) -> float | None:
     """Synthetic data: how well w_text separates text-informative from tab-informative samples (0.5: no attribution)."""
     if "true_modality" not in frame.columns:
         return None
-    import torch
 
-    from mmfusion.tracking.contract import MODALITY_CODES, UNKNOWN_MODALITY
-    from mmfusion.modeling.metrics import attribution_auroc
 
     codes = torch.tensor(frame["true_modality"].map(MODALITY_CODES).fillna(UNKNOWN_MODALITY).to_numpy(np.int64))
     return attribution_auroc(torch.tensor(frame["w_text"].to_numpy(np.float32)), codes)
@@ -213,12 +213,7 @@ def top_samples(frame: pd.DataFrame, rows: pd.DataFrame | None, pre: "TabularPre
 
 def build_report(run_id: str, top: int = 10) -> Report:
     """Read a run back from the active MLflow tracking store and assemble its report."""
-    import mlflow
 
-    from mmfusion.tracking.artifacts import get_run, reading
-    from mmfusion.tracking.runs import config_of_run
-    from mmfusion.data.tabular import TabularPreprocessor
-    from mmfusion.analysis import plots
 
     client = mlflow.MlflowClient()
     run = get_run(run_id, client)
@@ -248,7 +243,6 @@ def build_report(run_id: str, top: int = 10) -> Report:
     frame = frames[split]
     rows, notes = source_rows(cfg, run.data.tags.get(Tag.DATA_FINGERPRINT))
     if not png:  # an older run without logged plots: draw what the predictions allow
-        import io
 
         figs = {"router_weights": plots.router_weights_figure(frames, cfg.model.fusion), **weight_figures(frames, cfg.model.fusion, experts=expert_modalities(cfg.model))}
         for name, fig in figs.items():

@@ -17,6 +17,7 @@ import mlflow
 
 from mmfusion import signals
 from mmfusion.config import Config, flatten, resolved_dict, to_yaml
+from mmfusion.tracking.lineage import data_name
 from mmfusion.tracking.contract import Artifact, Tag, tracking_uri, use_store
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ def beat(run_id: str, tracking_uri: str | None = None) -> None:
 
 def run_name(cfg: Config) -> str:
     """`tracking.run_name`, else `<fusion or preset>-<data>-s<seed>`: a table of runs that reads without opening them."""
-    from mmfusion.tracking.lineage import data_name  # the data's name; lineage imports the data layer
-
     return cfg.tracking.run_name or f"{cfg.model.fusion_preset or cfg.model.fusion}-{data_name(cfg)}-s{cfg.seed}"
 
 
