@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmfusion.analysis import plots
-from mmfusion.data.datamodule import SplitDataset, collate, fingerprint, load_frames
+from mmfusion.data.datamodule import SplitDataset, collate, fingerprint, load_frames, used_columns
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
 from mmfusion.fusion import FUSIONS
@@ -160,8 +160,7 @@ def source_rows(cfg: "Config", fingerprint_tag: str | None) -> tuple[pd.DataFram
         test = test.assign(id=[f"test_row{i}" for i in range(len(test))]) if test is not None else None
         cols["id"] = "id"
     notes = []
-    used = [cols["text"], cols["label"], *cols["numeric"], *cols["categorical"], cols["id"]]
-    if fingerprint_tag and fingerprint([frame, test], used) != fingerprint_tag:
+    if fingerprint_tag and fingerprint([frame, test], used_columns(cols)) != fingerprint_tag:  # every text column, as prepare_data
         notes.append("the data at the run's data path changed since training: snippets and tabular values may not match")
     rows = pd.concat([f for f in (frame, test) if f is not None], ignore_index=True)
     rows.index = rows[cols["id"]].astype(str)

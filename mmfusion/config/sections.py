@@ -8,6 +8,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from mmfusion.config.base import _CONTROL, DEFAULT_TEXT_ENCODER, PositiveFloat, Seed, Strict, _folder
 from mmfusion.config.legacy import upgrade_model
+from mmfusion.tracking.contract import model_name_problem
 
 
 class SyntheticConfig(Strict):
@@ -207,8 +208,9 @@ class TrackingConfig(Strict):
     @field_validator("register_as")
     @classmethod
     def _model_name(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or any(c in value for c in "/@:") or _CONTROL.search(value)):
-            raise ValueError("must be a non-empty name without '/', '@', ':' or control characters")
+        problem = model_name_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -85,6 +85,11 @@ def load_frames(cfg: DataConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame 
     return frame, test, cols
 
 
+def used_columns(cols: dict) -> list[str]:
+    """The columns a run reads, in the order the fingerprint (and each split's digest) hashes them."""
+    return [c for c in (*cols["texts"], cols["label"], *cols["numeric"], *cols["categorical"], cols["id"]) if c]
+
+
 def fingerprint(frames: list[pd.DataFrame | None], columns: list[str]) -> str:
     """A hash of the data actually used: the used columns' values, in order."""
     h = hashlib.sha256()
@@ -141,8 +146,7 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
             labels=pre.encode_labels(part[cols["label"]], cfg.test_path if name == "test" and cfg.test_path else cfg.path or "synthetic data"),
             modality=modality,
         )
-    used = [*cols["texts"], cols["label"], *cols["numeric"], *cols["categorical"], cols["id"]]
-    return PreparedData(splits, pre, fingerprint([frame, test_frame], used), has_modality, cols)
+    return PreparedData(splits, pre, fingerprint([frame, test_frame], used_columns(cols)), has_modality, cols)
 
 
 class SplitDataset(Dataset):

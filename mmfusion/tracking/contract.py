@@ -65,6 +65,13 @@ class Artifact:
     ONNX_TOKENIZER = "tokenizer"
 
 
+def model_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a registered model (None: it can): MLflow URIs split on '/', '@' and ':'."""
+    if not name or not name.strip() or any(c in name for c in "/@:") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "must be non-empty, without '/', '@', ':' or control characters"
+    return None
+
+
 def predictions_path(split: str) -> str:
     return f"{Artifact.PREDICTIONS_DIR}/{split}.csv"
 

@@ -14,7 +14,7 @@ import mlflow
 from mlflow.data.code_dataset_source import CodeDatasetSource
 
 from mmfusion.config import Config
-from mmfusion.data.datamodule import PreparedData, fingerprint
+from mmfusion.data.datamodule import PreparedData, fingerprint, used_columns
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 GENERIC_STEMS = {"train", "training", "data", "table", "dataset", "all"}
@@ -37,7 +37,7 @@ def split_source(cfg: Config, split: str, seed: int) -> str:
 
 
 def split_digests(data: PreparedData) -> dict[str, str]:
-    used = [c for c in (*data.columns["texts"], data.columns["label"], *data.columns["numeric"], *data.columns["categorical"], data.columns["id"]) if c]
+    used = used_columns(data.columns)
     return {split: fingerprint([s.frame], used) for split, s in data.splits.items()}
 
 
@@ -45,7 +45,7 @@ def log_inputs(cfg: Config, data: PreparedData) -> None:
     """Into the active run: one dataset per split, context training / validation / test."""
     seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.seed
     name = data_name(cfg)
-    used = [c for c in (*data.columns["texts"], *data.columns["numeric"], *data.columns["categorical"], data.columns["label"]) if c]
+    used = [c for c in used_columns(data.columns) if c != data.columns["id"]]  # the id is no feature
     for split, digest in split_digests(data).items():
         source = split_source(cfg, split, seed)
         src = CodeDatasetSource({"mmfusion.source": source}) if cfg.data.source == "synthetic" else source

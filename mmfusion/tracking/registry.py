@@ -17,15 +17,16 @@ from mlflow.exceptions import MlflowException
 from mmfusion.errors import UserError
 from mmfusion.serving.logged_models import logged_model_id
 from mmfusion.serving.onnx_scorer import ONNX_MODEL_NAME
-from mmfusion.tracking.contract import Artifact, Tag
+from mmfusion.tracking.contract import Artifact, Tag, model_name_problem
 
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$")
 ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
 def check_name(name: str, what: str = "registered model name") -> str:
-    if not name or not name.strip() or any(c in name for c in "/@:") or re.search(r"[\x00-\x1f\x7f]", name):
-        raise UserError(f"{what} {name!r} must be non-empty, without '/', '@', ':' or control characters")
+    problem = model_name_problem(name)
+    if problem:
+        raise UserError(f"{what} {name!r} {problem}")
     return name
 
 

@@ -86,3 +86,18 @@ def test_train_export_and_predict_with_two_text_columns(mlflow_uri, tiny_overrid
     assert main(["predict", "--run-id", result.run_id, "--input", str(rows), "--output", str(tmp_path / "ox.csv"), "--onnx"]) == 0
     pt, ox = pd.read_csv(tmp_path / "pt.csv"), pd.read_csv(tmp_path / "ox.csv")
     assert (pt["pred"] == ox["pred"]).all() and np.abs(pt.filter(like="prob_").to_numpy() - ox.filter(like="prob_").to_numpy()).max() < 1e-4
+
+
+def test_inspect_finds_the_rows_of_a_table_with_several_text_columns(tmp_path, tokenizer):
+    """The fingerprint inspect compares covers every text column, as training's does: an unchanged table is no change."""
+    from mmfusion.analysis.inspection import source_rows
+
+    reviews().to_csv(tmp_path / "r.csv", index=False)
+    cfg = load_config(None, ["data.source=table", f"data.path={tmp_path / 'r.csv'}", "data.text_columns=[title,body]", "data.label_column=y",
+                             "data.id_column=id", "data.numeric_columns=[age]", "data.categorical_columns=[]", "data.max_chunks=4", "data.chunk_len=16"])
+    recorded = prepare_data(cfg.data, cfg.seed, tokenizer).fingerprint
+    rows, notes = source_rows(cfg, recorded)
+    assert rows is not None and len(rows) == 120 and notes == []
+    edited = reviews().assign(body="changed")
+    edited.to_csv(tmp_path / "r.csv", index=False)
+    assert any("changed since training" in n for n in source_rows(cfg, recorded)[1])  # the second text column counts
