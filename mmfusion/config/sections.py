@@ -36,7 +36,11 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     num_workers: int = Field(0, ge=0)
-    numeric_transform: Literal["standard", "log", "quantile"] = "standard"  # before standardising; see data/tabular.py
+    # before standardising (data/tabular.py); auto: per column, the one whose cross-validated logistic regression on
+    # the training rows predicts the label best (ties: the simpler); a run records each column's choice in
+    # `numeric_transforms`, so its logged config rebuilds the same model
+    numeric_transform: Literal["standard", "log", "quantile", "auto"] = "standard"
+    numeric_transforms: dict[str, Literal["standard", "log", "quantile"]] = Field(default_factory=dict)  # column -> transform, over numeric_transform
     min_category_count: int = Field(1, ge=1)  # rarer categories in the training split map to the unknown index
     bucket_by_length: bool = True  # train batches of similar-length dialogues (less padding to encode)
     split_seed: Seed | None = None  # seed of the synthetic data and the train/val/test split; null: the run's `seed`

@@ -127,7 +127,8 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
         parts["test"] = test_frame
     if len(parts["train"]) == 0 or len(parts["val"]) == 0:
         raise DataError(f"{cfg.path or 'synthetic data'}: too few rows ({len(frame)}) to split into train/val/test")
-    pre = TabularPreprocessor.fit(parts["train"], cols["numeric"], cols["categorical"], cols["text"], cols["label"], cols["id"], cfg.numeric_transform, cfg.min_category_count, cols["texts"])
+    pre = TabularPreprocessor.fit(parts["train"], cols["numeric"], cols["categorical"], cols["text"], cols["label"], cols["id"], cfg.numeric_transform, cfg.min_category_count, cols["texts"],
+                              cfg.numeric_transforms)
     chunker = DialogueChunker(tokenizer, cfg.max_chunks, cfg.chunk_len)
     has_modality = synthetic.MODALITY_COLUMN in frame.columns
     splits = {}

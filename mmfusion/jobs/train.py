@@ -80,6 +80,8 @@ def prepare(cfg: Config) -> tuple[PreparedData, object]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
     data = prepare_data(cfg.data, cfg.seed, tokenizer)
+    if cfg.data.numeric_transform == "auto":  # each column's choice joins the config the run logs: a rebuild repeats it
+        cfg.data.numeric_transforms = dict(data.preprocessor.transforms)
     check_class_weights(cfg.optim, len(data.preprocessor.classes))
     return data, tokenizer
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,3 +120,52 @@ def test_balanced_accuracy_is_the_mean_recall():
     probs = torch.tensor([[0.9, 0.1]] * 10)  # always the majority class
     m = classification_metrics(probs, labels)
     assert m["accuracy"] == pytest.approx(0.8) and m["balanced_accuracy"] == pytest.approx(0.5)
+
+
+def two_columns(n: int = 1500, seed: int = 0) -> pd.DataFrame:
+    """`count` heavy-tailed with the label following its log; `height` normal with the label following it linearly."""
+    rng = np.random.default_rng(seed)
+    count = np.floor(rng.lognormal(1.0, 2.0, n))
+    height = rng.normal(170.0, 10.0, n)
+    logit = 1.5 * (np.log1p(count) - np.log1p(count).mean()) + 0.15 * (height - 170.0)
+    label = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "yes", "no")
+    return pd.DataFrame({"count": count, "height": height, "shop": "a", "text": "", "label": label, "id": [f"r{i}" for i in range(n)]})
+
+
+def test_auto_picks_log_for_a_heavy_tail_and_standard_for_a_normal_column():
+    pre = TabularPreprocessor.fit(two_columns(), ["count", "height"], [], "text", "label", "id", "auto")
+    assert pre.transforms == {"count": "log", "height": "standard"}
+    assert pre.numeric_transform == "auto" and pre.quantiles == {}
+    noise = two_columns().assign(label=np.random.default_rng(1).choice(["no", "yes"], 1500))  # no signal: the simplest
+    assert TabularPreprocessor.fit(noise, ["count", "height"], [], "text", "label", "id", "auto").transforms == {"count": "standard", "height": "standard"}
+
+
+def test_auto_is_repeatable_and_its_choice_survives_json(tmp_path):
+    frame = two_columns()
+    pre = TabularPreprocessor.fit(frame, ["count", "height"], [], "text", "label", "id", "auto")
+    again = TabularPreprocessor.fit(frame, ["count", "height"], [], "text", "label", "id", "auto")
+    assert again.transforms == pre.transforms
+    pre.save(tmp_path / "p.json")
+    loaded = TabularPreprocessor.load(tmp_path / "p.json")
+    assert loaded.transforms == pre.transforms
+    np.testing.assert_array_equal(loaded.transform(frame)[0], pre.transform(frame)[0])
+
+
+def test_per_column_transforms_override_the_default_and_are_checked():
+    frame = two_columns()
+    pre = TabularPreprocessor.fit(frame, ["count", "height"], [], "text", "label", "id", "standard", transforms={"count": "quantile"})
+    assert pre.transforms == {"count": "quantile", "height": "standard"} and set(pre.quantiles) == {"count"}
+    explicit = TabularPreprocessor.fit(frame, ["count", "height"], [], "text", "label", "id", "auto", transforms={"count": "standard"})
+    assert explicit.transforms["count"] == "standard"  # an explicit choice is never re-chosen
+    with pytest.raises(DataError, match=r"data.numeric_transforms names column\(s\) \['age'\] that are not numeric columns"):
+        TabularPreprocessor.fit(frame, ["count"], [], "text", "label", "id", "auto", transforms={"age": "log"})
+
+
+def test_a_file_from_before_per_column_transforms_still_loads(tmp_path):
+    pre = fit(skewed(), "log")
+    state = json.loads(pre.to_json())
+    del state["transforms"]
+    (tmp_path / "old.json").write_text(json.dumps(state))
+    old = TabularPreprocessor.load(tmp_path / "old.json")
+    assert old.transform_of("count") == "log"
+    np.testing.assert_array_equal(old.transform(skewed())[0], pre.transform(skewed())[0])
