@@ -8,6 +8,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from mmfusion.config.base import _CONTROL, DEFAULT_TEXT_ENCODER, PositiveFloat, Seed, Strict, _folder
 from mmfusion.config.legacy import upgrade_model
+from mmfusion.config.study import STUDY_METRICS
 from mmfusion.tracking.contract import model_name_problem
 
 
@@ -179,6 +180,10 @@ class TrainerConfig(Strict):
     output_dir: str = "outputs"  # checkpoints and job files, under <output_dir>/<run_id>/
     checkpoints: bool = True  # (sharded under fsdp) each epoch and at the end; `train --resume RUN_ID` continues
     checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also every N optimizer steps; a resume from mid-epoch is not exact (the epoch restarts its data order)
+    # at the end of training, load the weights of the epoch with the best `best_metric` on the validation split (not
+    # the last epoch's): what is tested, exported and logged; val_loss: lowest, the others: highest
+    restore_best: bool = True
+    best_metric: Literal[STUDY_METRICS] = "val_loss"
     compile: bool = False  # torch.compile the text encoder; measured slower on CPU after a 2-3 min compile (results/bench.md)
 
     @field_validator("output_dir")

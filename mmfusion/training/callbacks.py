@@ -1,10 +1,12 @@
-"""Lightning callbacks of our own: per-rank memory accounting, epoch checkpoints written atomically, the batch
-sampler's epoch (for exact resumes). The run's heartbeat is MLflow's business: `mmfusion.jobs.train.Heartbeat`."""
+"""Lightning callbacks of our own: per-rank memory accounting, epoch checkpoints written atomically, the weights of the
+best validation epoch, the batch sampler's epoch (for exact resumes). The run's heartbeat is MLflow's business: `mmfusion.jobs.train.Heartbeat`."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import tempfile
 import resource
 import shutil
 from pathlib import Path
@@ -14,7 +16,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from mmfusion.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
 LAST = "last.ckpt"
+BEST = "best"  # best.ckpt: the weights of the best validation epoch (BestCheckpoint)
 SHARDED_META = "meta.pt"  # what makes a folder a complete sharded checkpoint (Lightning writes it on rank 0)
 
 
@@ -123,6 +130,50 @@ class LastCheckpoint(ModelCheckpoint):
             replace_checkpoint(tmp, final)
         trainer.strategy.barrier("LastCheckpoint.swap")
         self._last_checkpoint_saved = str(final)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """`best.ckpt` (weights only): the epoch with the best validation `monitor` so far (val_loss: lowest; the others:
+    highest; the first epoch wins a tie). `fit` loads it back at the end (`trainer.restore_best`). Its score and path
+    travel in `last.ckpt`, so a resumed job keeps comparing against the epochs before the interruption."""
+
+    def __init__(self, dirpath: Path, monitor: str, keep: bool = True) -> None:
+        self.keep = keep  # False: best.ckpt is removed once restored (no checkpoints kept)
+        super().__init__(dirpath=dirpath, filename=BEST, monitor=monitor, mode="min" if monitor == "val_loss" else "max", save_top_k=1,
+                         save_weights_only=True, every_n_epochs=1, enable_version_counter=False, auto_insert_metric_name=False)
+        self.best_epoch: int | None = None  # 0-based epoch of best.ckpt
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        self.best_epoch = trainer.current_epoch  # called for a new best only (save_top_k=1)
+        super()._save_checkpoint(trainer, filepath)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.best_epoch = state_dict.get("best_epoch")
+
+    def restore(self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+        """After `trainer.fit`: load best.ckpt into `module` by validating it, so the trainer's val metrics are the
+        best epoch's too (no validation yet, e.g. max_steps within the first epoch: the last weights stay)."""
+        if self.best_model_path:
+            n_weights = len(getattr(module, "epoch_weights", []))
+            trainer.validate(module, datamodule=datamodule, ckpt_path=self.best_model_path, verbose=False, weights_only=True)
+            del getattr(module, "epoch_weights", [])[n_weights:]  # that plot shows the epochs trained, not this repeat
+            log.info("restored the weights of epoch %s (best %s = %.4g)", self.best_epoch, self.monitor, float(self.best_model_score))
+        if not self.keep and trainer.is_global_zero:
+            _remove(Path(self.dirpath) / f"{BEST}.ckpt")
+
+
+def best_checkpoint(trainer_cfg, has_modality: bool, folder: Path | None) -> list[BestCheckpoint]:
+    """[the callback keeping the best validation epoch] when `trainer.restore_best`, else []. `folder`: where
+    best.ckpt goes (None: a scratch folder of this process)."""
+    if not trainer_cfg.restore_best:
+        return []
+    if trainer_cfg.best_metric == "val_attribution_auroc" and not has_modality:
+        raise ConfigError("trainer.best_metric=val_attribution_auroc needs data that says which modality carries each label (synthetic data); choose another, e.g. val_loss")
+    return [BestCheckpoint(folder or Path(tempfile.mkdtemp(prefix="mmfusion-best-")), trainer_cfg.best_metric, keep=trainer_cfg.checkpoints and folder is not None)]
 
 
 def rng_state() -> dict:

@@ -27,7 +27,7 @@ from mmfusion.data.embedding_cache import attach_chunk_embeddings
 from mmfusion.encoders import load_text_backbone
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 from mmfusion.modeling.module import FusionClassifierModule
-from mmfusion.training.callbacks import LastCheckpoint, MemoryReport, SamplerEpoch
+from mmfusion.training.callbacks import LastCheckpoint, MemoryReport, SamplerEpoch, best_checkpoint
 from mmfusion.training.hardware import resolve_precision, world_size
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _trainer(cfg: Config, logger: Logger | bool, root_dir: Path | None, callback
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar and not progress.is_quiet(),  # `--quiet`: no bars at all
         enable_model_summary=False,
-        enable_checkpointing=t.checkpoints,
+        enable_checkpointing=t.checkpoints or t.restore_best,
         num_sanity_val_steps=0,
         strategy=_strategy(cfg),
         logger=logger,
@@ -110,12 +110,15 @@ def fit(
     datamodule = MultimodalDataModule(data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.data.num_workers, cfg.seed, pad_id, cfg.data.bucket_by_length)
     memory = MemoryReport()
     checkpoints = [LastCheckpoint(checkpoint_dir, cfg.trainer.checkpoint_every_n_steps)] if cfg.trainer.checkpoints else []
+    checkpoints += best_checkpoint(cfg.trainer, data.has_modality, checkpoint_dir)  # trainer.restore_best
     root_dir = checkpoint_dir.parent if checkpoint_dir is not None else None
     trainer = _trainer(cfg, logger, root_dir, [*callbacks, memory, SamplerEpoch(), *checkpoints])
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     train_seconds = time.perf_counter() - started
+    for best in checkpoints[-1:] if cfg.trainer.restore_best else []:
+        best.restore(trainer, module, datamodule)  # the best validation epoch's weights replace the last epoch's
     if "val" not in module.results:  # resumed from the final checkpoint: fit had no epoch left to validate
         trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -128,6 +131,8 @@ def fit(
     module.model = full_model
     outputs = {split: module.results[key] for split, key in SPLIT_RESULTS if key in module.results}
     cost = {**memory.report, **_cost_metrics(full_model, trainer, len(data.splits["train"].ids), train_seconds)}
+    if cfg.trainer.restore_best and checkpoints[-1].best_epoch is not None:
+        cost["restored_epoch"] = checkpoints[-1].best_epoch  # 0-based: the epoch whose weights were tested and logged
     return FitResult(metrics, outputs, module, full_model, train_seconds, cost, True)
 
 
