@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmfusion.analysis import plots
+from mmfusion.analysis.text_columns import column_summary, describe_shares, log_column_shares, share_columns
 from mmfusion.data.datamodule import SplitDataset, collate, fingerprint, load_frames, used_columns
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import DataError
@@ -29,7 +30,7 @@ from mmfusion.fusion import FUSIONS
 from mmfusion.modeling.metrics import attribution_auroc
 from mmfusion.modeling.module import MODEL_INPUTS
 from mmfusion.tracking.artifacts import get_run, reading
-from mmfusion.tracking.contract import MODALITY_CODES, UNKNOWN_MODALITY, Tag
+from mmfusion.tracking.contract import MODALITY_CODES, UNKNOWN_MODALITY, Artifact, Tag
 from mmfusion.tracking.runs import config_of_run
 
 if TYPE_CHECKING:
@@ -89,7 +90,8 @@ def weight_figures(frames: dict[str, pd.DataFrame], fusion: str, epoch_weights: 
 
 
 def log_weight_plots(cfg: "Config", frames: dict[str, pd.DataFrame], module: "FusionClassifierModule", data: "PreparedData", pad_id: int) -> list[str]:
-    """Log the modality-weight figures to the active MLflow run under plots/; -> the artifact paths."""
+    """Log the modality-weight figures to the active MLflow run under plots/ (and, with several text columns, each
+    sample's per-column shares under text_columns/); -> the artifact paths."""
 
     split = "test" if len(data.splits["test"].ids) else "val"
     found = fusion_diagnostics(module.model, data.splits[split], pad_id, cfg.trainer.eval_batch_size)
@@ -100,7 +102,7 @@ def log_weight_plots(cfg: "Config", frames: dict[str, pd.DataFrame], module: "Fu
         mlflow.log_figure(fig, f"plots/{name}.png")
         plt.close(fig)
         logged.append(f"plots/{name}.png")
-    return logged
+    return logged + log_column_shares(module.model, data, pad_id, cfg.trainer.eval_batch_size)
 
 
 # ---- the report ----------------------------------------------------------------------------------------------------
@@ -117,6 +119,7 @@ class Report:
     per_class: pd.DataFrame
     per_modality: pd.DataFrame | None  # synthetic data: by the truly informative modality
     attribution_auroc: float | None
+    per_text_column: pd.DataFrame | None = None  # several text columns: which column's chunks the samples leaned on
     plots: dict[str, bytes] = field(default_factory=dict)  # name -> PNG
     notes: list[str] = field(default_factory=list)
 
@@ -129,12 +132,12 @@ def _snippet(text) -> str:
 
 
 def strongest_tabular(rows: pd.DataFrame, pre: "TabularPreprocessor", k: int = 3) -> pd.Series:
-    """Per row, the k numeric values furthest from the training mean (in standard deviations); categories fill in."""
+    """Per row, the k numeric values furthest from the training mean (in standard deviations, after the column's
+    transform: what the model sees); categories fill in."""
     cols = list(pre.numeric)
     if cols:
         values = rows[cols].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-        mean, std = np.array([pre.numeric[c][0] for c in cols]), np.array([pre.numeric[c][1] for c in cols])
-        z = (values - mean) / std
+        z = np.stack([pre.scores(c, values[:, j]) for j, c in enumerate(cols)], axis=1)
     out = []
     for i in range(len(rows)):
         parts = []
@@ -203,6 +206,8 @@ def top_samples(frame: pd.DataFrame, rows: pd.DataFrame | None, pre: "TabularPre
     for col in ("faithful", "true_modality"):
         if col in top.columns:
             out[col] = top[col]
+    if share_columns(top):
+        out["text_shares"] = describe_shares(top).to_numpy()
     if rows is not None:
         found = rows.reindex(top["id"].astype(str))
         out["dialogue"] = [_snippet(t) if ok else "(id not in data)" for t, ok in zip(found[pre.text_column], found.index.isin(rows.index))]
@@ -231,6 +236,13 @@ def build_report(run_id: str, top: int = 10) -> Report:
                 missing = [c for c in ("id", "label", "pred", "w_text", "w_tab") if c not in frames[p.stem].columns]
                 if missing:
                     raise ValueError(f"no column(s) {', '.join(missing)}")
+        listed = {a.path for a in client.list_artifacts(run_id)}
+        if Artifact.TEXT_COLUMNS_DIR in listed:  # runs with several text columns
+            with reading(where, f"{Artifact.TEXT_COLUMNS_DIR}/"):
+                shares_dir = download(Artifact.TEXT_COLUMNS_DIR)
+                for p in sorted(shares_dir.glob("*.csv")):
+                    if p.stem in frames:
+                        frames[p.stem] = frames[p.stem].merge(pd.read_csv(p, dtype={"id": str}), on="id", how="left")
         png = {}
         with reading(where, "plots/"):
             if any(a.path == "plots" for a in client.list_artifacts(run_id)):
@@ -250,6 +262,8 @@ def build_report(run_id: str, top: int = 10) -> Report:
             png[name] = buf.getvalue()
             plots.plt.close(fig)
     per_modality = class_summary(frame, "true_modality") if "true_modality" in frame.columns else None
+    if share_columns(frame) and cfg.model.chunk_pooling == "mean":
+        notes.append("model.chunk_pooling=mean: every chunk weighs the same, so the text-column shares are only each column's fraction of the chunks")
     return Report(
         run_id=run_id,
         fusion=cfg.model.fusion,
@@ -259,6 +273,7 @@ def build_report(run_id: str, top: int = 10) -> Report:
         top_tab=top_samples(frame, rows, pre, top, "tab"),
         per_class=class_summary(frame),
         per_modality=per_modality,
+        per_text_column=column_summary(frame) if share_columns(frame) else None,
         attribution_auroc=modality_auroc(frame),
         plots=png,
         notes=notes,

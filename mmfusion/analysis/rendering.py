@@ -17,6 +17,8 @@ def _sections(report: "Report") -> list[tuple[str, pd.DataFrame]]:
     out = [(f"w_text per true class ({report.split})", report.per_class)]
     if report.per_modality is not None:
         out.append((f"w_text per truly informative modality ({report.split})", report.per_modality))
+    if report.per_text_column is not None:
+        out.append((f"Text columns the samples leaned on: each column's share of the pooled text, per true class ({report.split})", report.per_text_column))
     out += [(f"Samples that leaned most on the text ({report.split})", report.top_text), (f"Samples that leaned most on the table ({report.split})", report.top_tab)]
     return out
 

@@ -56,6 +56,7 @@ class Artifact:
     PREPROCESSING = "preprocessing.json"
     ENVIRONMENT = "environment.json"  # library versions
     PREDICTIONS_DIR = "predictions"  # <split>.csv: one row per sample (see `predictions_path`)
+    TEXT_COLUMNS_DIR = "text_columns"  # <split>.csv: per sample, each text column's share of h_text (analysis/text_columns.py)
     ROUTER_PLOT = "plots/router_weights.png"
     REPRODUCTION = "reproduction.json"
     MODEL = "model"  # the pyfunc model's name

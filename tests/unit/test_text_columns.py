@@ -12,7 +12,7 @@ from transformers import AutoModel
 from mmfusion.cli import main
 from mmfusion.config import ModelConfig, load_config
 from mmfusion.data.chunking import DialogueChunker
-from mmfusion.data.datamodule import collate, prepare_data
+from mmfusion.data.datamodule import SplitDataset, collate, prepare_data
 from mmfusion.encoders import load_tokenizer
 from mmfusion.errors import DataError
 from mmfusion.modeling.classifier import build_model
@@ -101,3 +101,50 @@ def test_inspect_finds_the_rows_of_a_table_with_several_text_columns(tmp_path, t
     edited = reviews().assign(body="changed")
     edited.to_csv(tmp_path / "r.csv", index=False)
     assert any("changed since training" in n for n in source_rows(cfg, recorded)[1])  # the second text column counts
+
+
+@pytest.mark.parametrize("pooling", ["attention", "mean"])
+def test_chunk_weights_are_the_poolings_own_and_shares_add_up(tiny_bert, tokenizer, tmp_path, pooling):
+    from mmfusion.analysis.text_columns import SHARE_PREFIX, chunk_weights, column_shares
+    from mmfusion.modeling.module import MODEL_INPUTS
+
+    reviews().to_csv(tmp_path / "r.csv", index=False)
+    cfg = load_config(None, ["data.source=table", f"data.path={tmp_path / 'r.csv'}", "data.text_columns=[title,body]", "data.label_column=y", "data.id_column=id",
+                             "data.numeric_columns=[age]", "data.categorical_columns=[]", "data.max_chunks=4", "data.chunk_len=16", f"model.text_encoder={tiny_bert}",
+                             f"model.chunk_pooling={pooling}", "model.fusion_dim=8"])
+    data = prepare_data(cfg.data, cfg.seed, tokenizer)
+    model = build_model(cfg.model, AutoModel.from_pretrained(tiny_bert), data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, 2, 2).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.column_embedding.weight.normal_()  # columns told apart, as after training
+    split = data.splits["test"]
+    batch = collate([SplitDataset(split)[i] for i in range(len(split.ids))])
+    with torch.no_grad():
+        h_text, chunks, _ = model.encode(*(batch.get(k) for k in MODEL_INPUTS))
+        w = chunk_weights(model, batch)
+    torch.testing.assert_close((w.unsqueeze(-1) * chunks).sum(1), h_text, atol=1e-5, rtol=1e-4)  # the weights that made h_text
+    shares = column_shares(model, split, ["title", "body"], batch_size=5)
+    assert list(shares.columns) == ["id", SHARE_PREFIX + "title", SHARE_PREFIX + "body"] and shares["id"].tolist() == split.ids
+    total = shares[[SHARE_PREFIX + "title", SHARE_PREFIX + "body"]].sum(1)
+    assert np.allclose(total, 1.0, atol=1e-5)  # every review has a body
+    no_title = [i for i, f in enumerate(split.frame["title"]) if not isinstance(f, str)]
+    assert no_title and (shares.loc[no_title, SHARE_PREFIX + "title"] == 0).all()
+    if pooling == "mean":  # each column's fraction of the chunks
+        counts = [np.mean([c == 0 for c in cols]) for cols in split.chunk_columns]
+        assert np.allclose(shares[SHARE_PREFIX + "title"], counts, atol=1e-6)
+
+
+def test_inspect_reports_the_text_column_shares(mlflow_uri, tiny_overrides, tmp_path):
+    from mmfusion.analysis.inspection import build_report, format_text, to_html
+
+    reviews(160).to_csv(tmp_path / "r.csv", index=False)
+    table = ["data.source=table", f"data.path={tmp_path / 'r.csv'}", "data.text_columns=[title,body]", "data.label_column=y", "data.id_column=id",
+             "data.numeric_columns=[age]", "data.categorical_columns=[]", "model.chunk_pooling=attention", "model.fusion=gate", "tracking.log_model=false"]
+    result = train(load_config(None, [*tiny_overrides, *table, "trainer.max_epochs=2"]))
+    report = build_report(result.run_id, top=3)
+    summary = report.per_text_column.set_index("label")
+    assert list(summary.index) == ["all", "0", "1"] and summary.loc["all", "n"] == len(result.predictions)
+    assert np.isclose(summary.loc["all", "title share"] + summary.loc["all", "body share"], 1.0, atol=1e-5)
+    assert np.isclose(summary.loc["all", "leans on title"] + summary.loc["all", "leans on body"], 1.0)
+    assert report.top_text["text_shares"].str.match(r"title \d\.\d\d, body \d\.\d\d").all()
+    assert "Text columns the samples leaned on" in format_text(report) and "leans on title" in to_html(report)
