@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmfusion.config import OptimConfig
+from mmfusion.config import OptimConfig, load_config
 from mmfusion.data.tabular import TabularPreprocessor
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.modeling.metrics import classification_metrics
@@ -169,3 +169,25 @@ def test_a_file_from_before_per_column_transforms_still_loads(tmp_path):
     old = TabularPreprocessor.load(tmp_path / "old.json")
     assert old.transform_of("count") == "log"
     np.testing.assert_array_equal(old.transform(skewed())[0], pre.transform(skewed())[0])
+
+
+def test_an_auto_run_logs_each_columns_choice_and_its_config_rebuilds_it_without_choosing(mlflow_uri, tiny_overrides, monkeypatch):
+    from mmfusion.data import tabular
+    from mmfusion.data.datamodule import prepare_data
+    from mmfusion.encoders import load_tokenizer
+    from mmfusion.jobs.train import train
+    from mmfusion.tracking.runs import config_of_run
+
+    import mlflow
+
+    result = train(load_config(None, [*tiny_overrides, "data.numeric_transform=auto", "tracking.log_model=false", "export.onnx=false"]))
+    chosen = result.data.preprocessor.transforms
+    assert chosen and set(chosen.values()) <= {"standard", "log", "quantile"}
+    recorded = config_of_run(result.run_id)
+    assert recorded.data.numeric_transform == "auto" and recorded.data.numeric_transforms == chosen
+    params = mlflow.get_run(result.run_id).data.params
+    assert {c: params[f"data.numeric_transforms.{c}"] for c in chosen} == chosen  # params, too
+    monkeypatch.setattr(tabular, "choose_transform", lambda *a: pytest.fail("a rebuild must not choose again"))
+    rebuilt = prepare_data(recorded.data, recorded.seed, load_tokenizer(recorded.model.text_encoder))
+    assert rebuilt.preprocessor.transforms == chosen
+    np.testing.assert_array_equal(rebuilt.splits["train"].numeric, result.data.splits["train"].numeric)
