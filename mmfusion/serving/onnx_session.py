@@ -83,10 +83,11 @@ class PackedScorer:
     def __init__(self, encoder: str | Path, head: str | Path, threads: int | None = None, providers: list[str] | None = None, group_tokens: int = GROUP_TOKENS) -> None:
         self.encoder, self.head = OnnxScorer(encoder, threads, providers), OnnxScorer(head, threads, providers)
         self.group_tokens = group_tokens
-        emb = self.head.inputs.get("chunk_embeddings")
-        if emb is None or set(self.encoder.inputs) != {"input_ids", "attention_mask"}:
+        if set(self.encoder.inputs) != {"input_ids", "attention_mask"} or "input_ids" in self.head.inputs:
             raise ArtifactError(f"{encoder} + {head}: not the encoder and head graphs of a packed export")
-        self.hidden = emb.shape[2] if isinstance(emb.shape[2], int) else None
+        emb = self.head.inputs.get("chunk_embeddings")  # absent where the fusion reads no text (tab_only): nothing to encode
+        self.reads_text = emb is not None
+        self.hidden = emb.shape[2] if emb is not None and isinstance(emb.shape[2], int) else None
         tokens = {k: self.encoder.inputs[k] for k in ("input_ids", "attention_mask")}
         self.inputs = {**tokens, **{k: v for k, v in self.head.inputs.items() if k != "chunk_embeddings"}}
         self.output_names = self.head.output_names
@@ -115,6 +116,8 @@ class PackedScorer:
         return emb.reshape(b, c, hidden)  # (B, C, H)
 
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        if not self.reads_text:
+            return self.head(batch)
         for name in ("input_ids", "attention_mask", "chunk_mask"):
             if name not in batch:
                 raise DataError(f"ONNX input {name!r} is missing from the batch (has: {', '.join(batch)})")
