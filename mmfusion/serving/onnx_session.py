@@ -100,8 +100,7 @@ class PackedScorer:
         flat_ids, flat_att = ids.reshape(b * c, t), att.reshape(b * c, t)  # (B*C, T)
         real = np.flatnonzero(cmask.reshape(-1))
         # where each real chunk's last real token ends: trimming there drops only masked positions, whatever the layout
-        ends = (flat_att[real] != 0) * np.arange(1, t + 1) if len(real) else np.zeros((0, t), np.int64)
-        ends = ends.max(1) if len(real) else np.zeros(0, np.int64)
+        ends = ((flat_att[real] != 0) * np.arange(1, t + 1)).max(1) if len(real) else np.zeros(0, np.int64)  # (N,)
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         for group in length_groups(np.maximum(ends, 1), self.group_tokens):
             rows, width = real[group], max(1, int(ends[group].max()))
