@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from mmfusion.bench.memory import PeakRSS
 from mmfusion.config import Config
+from mmfusion.encoders.text import length_groups
 from mmfusion.modeling.classifier import MultimodalClassifier
 from mmfusion.modeling.metrics import classification_metrics
 from mmfusion.modeling.module import MODEL_INPUTS, build_optimizer
@@ -37,12 +38,12 @@ def autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def encoded_tokens(batch: dict, packed: bool) -> int:
-    """Token positions the encoder runs on for this batch (real + padding)."""
+def encoded_tokens(batch: dict, packed: bool, groups: int = 1) -> int:
+    """Token positions the encoder runs on for this batch (real + padding); packed: in `groups` length groups."""
     if not packed:
         return batch["input_ids"].numel()
     lengths = batch["attention_mask"].sum(-1)[batch["chunk_mask"].bool()]
-    return int(lengths.numel() * lengths.max()) if lengths.numel() else 0
+    return sum(int(len(g) * lengths[g].max()) for g in length_groups(lengths, groups)) if lengths.numel() else 0
 
 
 def _loss(model: MultimodalClassifier, batch: dict, bf16: bool) -> torch.Tensor:
@@ -72,7 +73,7 @@ def measure_training(path: BenchPath, warm: dict, cfg: Config, epochs: int) -> d
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 n += len(batch["label"])
-                tokens += encoded_tokens(batch, path.packed)
+                tokens += encoded_tokens(batch, path.packed, getattr(model.text_encoder, "pack_groups", 1))
                 real += int(batch["attention_mask"].sum())
         seconds = time.perf_counter() - started
     del opt

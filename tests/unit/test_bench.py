@@ -89,7 +89,7 @@ def test_bench_runs_end_to_end(tiny_bert, tiny_overrides, tmp_path, monkeypatch,
     assert {"eager", "onnx_fp32", "onnx_int8", "fused_fp32", "fused_int8"} == set(onnx["engines"]) and onnx["batch"] == 12
     assert onnx["max_abs_diff_fp32_vs_eager"] < 1e-4  # the exported model is the optimized model
     assert all(e["latency_ms_median"] > 0 and e["batch_samples_per_s"] > 0 for e in onnx["engines"].values())
-    assert [g["goal"] for g in res["goals"]][0].startswith("training throughput") and len(res["goals"]) == 4
+    assert [g["goal"] for g in res["goals"]][0].startswith("training throughput") and len(res["goals"]) == 5
     assert res["profile"] and res["onnx"]["profile_onnx"]["onnx_fp32"] and res["cpu"] and res["machine"]
 
 
@@ -121,3 +121,54 @@ def test_bench_trains_with_the_optimizer_of_training(tiny_data, monkeypatch):
     no_decay = {id(p) for g in built[0].param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
     assert id(model.head.bias) in no_decay and id(model.head.weight) not in no_decay
     assert not torch.equal(before["head.weight"], model.head.weight)  # the step updated the weights
+
+
+def test_reference_keeps_the_backbones_own_dropout(tiny_data):
+    """The optimized path runs the configured text dropout (no attention dropout, FastDropout); the reference path
+    is the original design: the backbone's own rates with torch's dropout."""
+    from mmfusion.encoders.text import FastDropout
+
+    cfg, data, _ = tiny_data
+    backbone = load_text_backbone(cfg.model.text_encoder)
+    own = (backbone.config.hidden_dropout_prob, backbone.config.attention_probs_dropout_prob)
+    model = build_model(cfg.model, backbone, data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes))
+    ref = reference_model(model, dropout=own)
+    rates = lambda m: {n: (type(d), d.p) for n, d in m.text_encoder.backbone.named_modules() if isinstance(d, torch.nn.Dropout)}
+    attention = [n for n in rates(model) if n.endswith("attention.self.dropout")]
+    assert attention and all(rates(model)[n][1] == 0.0 for n in attention)
+    assert any(t is FastDropout for t, _ in rates(model).values())
+    assert all(t is torch.nn.Dropout and p == (own[1] if n in attention else own[0]) for n, (t, p) in rates(ref).items())
+
+
+def test_reference_collate_pads_the_chunk_columns(tiny_data):
+    cfg, _, items = tiny_data
+    items = [dict(it, chunk_column=[1] * len(it["chunks"])) for it in items[:6]]
+    batch = reference_collate(items, cfg.data.max_chunks, cfg.data.chunk_len)
+    assert batch["chunk_column"].shape == batch["chunk_mask"].shape == (6, cfg.data.max_chunks)
+    assert torch.equal(batch["chunk_column"] > 0, batch["chunk_mask"] > 0)
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach", "for-loop"])
+def test_adamw_implementations_take_the_same_step(tiny_data, impl):
+    from mmfusion.modeling.module import build_optimizer
+
+    cfg, data, items = tiny_data
+    steps = {}
+    for name in ("for-loop", impl):
+        torch.manual_seed(0)
+        model = build_model(cfg.model.model_copy(update={"text_dropout": 0.0}), load_text_backbone(cfg.model.text_encoder), data.preprocessor.n_numeric_features,
+                            data.preprocessor.cardinalities, len(data.preprocessor.classes))
+        opt = build_optimizer(model, cfg.optim.model_copy(update={"adamw_impl": name}))
+        assert bool(opt.defaults.get("fused")) == (name == "fused")
+        batch = collate(items[:8])
+        for _ in range(2):
+            torch.nn.functional.cross_entropy(_logits_grad(model, batch), batch["label"]).backward()
+            opt.step()
+            opt.zero_grad()
+        steps[name] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for n, p in steps[impl].items():
+        torch.testing.assert_close(p, steps["for-loop"][n], atol=1e-6, rtol=1e-5)
+
+
+def _logits_grad(model, batch):
+    return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits
