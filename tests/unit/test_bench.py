@@ -172,3 +172,28 @@ def test_adamw_implementations_take_the_same_step(tiny_data, impl):
 
 def _logits_grad(model, batch):
     return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits
+
+
+def test_bench_runs_on_a_table_with_two_text_columns(tiny_overrides, tmp_path, monkeypatch, capsys):
+    """`bench` on `data.source=table` with `data.text_columns`: both paths see each chunk's column (the model's
+    column vectors), the reference pads the columns with the chunks."""
+    import numpy as np
+    import pandas as pd
+
+    from mmfusion.cli import main
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(120)], "title": np.where(y == 1, "love it", "send it back"),
+                          "body": [f"arrived on day {d}\nsize {s} " + "word " * int(n) for d, s, n in zip(rng.integers(1, 9, 120), rng.integers(1, 5, 120), rng.integers(0, 40, 120))],
+                          "age": rng.integers(18, 80, 120), "y": y})
+    frame.to_csv(tmp_path / "r.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    table = ["data.source=table", f"data.path={tmp_path / 'r.csv'}", "data.text_columns=[title,body]", "data.label_column=y", "data.id_column=id",
+             "data.numeric_columns=[age]", "data.categorical_columns=[]"]
+    out = tmp_path / "bench.json"
+    assert main(["bench", *tiny_overrides, *table, "--train-samples", "16", "--eval-samples", "8", "--no-onnx", "--json", str(out)]) == 0
+    assert "title, body" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["text_columns"] == ["title", "body"] and res["paths"]["optimized"]["train_samples_per_s"] > 0
+    assert res["paths"]["reference"]["encoded_tokens_per_sample"] == 4 * 32
