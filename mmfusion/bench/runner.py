@@ -37,7 +37,7 @@ from mmfusion.data.sampler import bucketed_loader
 from mmfusion.encoders import load_text_backbone, load_tokenizer
 from mmfusion.errors import ConfigError
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
-from mmfusion.training.hardware import cpu_name, describe, resolve_precision
+from mmfusion.training.hardware import apply_threads, cpu_name, describe, resolve_precision
 
 __all__ = ["BenchSettings", "format_report", "run_bench"]
 
@@ -64,6 +64,7 @@ def run_bench(cfg: Config, settings: BenchSettings, progress: Callable[[str], No
     """Build the data and one model, copy it into each path, measure; -> a JSON-able result."""
     if min(settings.train_samples, settings.eval_samples, settings.latency_samples, settings.epochs) < 1:
         raise ConfigError("bench: --train-samples, --eval-samples, --latency-samples and --epochs must be >= 1")
+    apply_threads(cfg.trainer.threads)
     L.seed_everything(cfg.seed, verbose=False)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
     pad_id = tokenizer.pad_token_id or 0

@@ -184,6 +184,9 @@ class TrainerConfig(Strict):
     output_dir: str = "outputs"  # checkpoints and job files, under <output_dir>/<run_id>/
     checkpoints: bool = True  # (sharded under fsdp) each epoch and at the end; `train --resume RUN_ID` continues
     checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also every N optimizer steps; a resume from mid-epoch is not exact (the epoch restarts its data order)
+    # intra-op CPU threads of each process (torch.set_num_threads); null: torch's default, one per physical core. On a
+    # CPU shared with other jobs, fewer threads than cores avoids OpenMP threads spinning on preempted peers
+    threads: int | None = Field(None, ge=1)
     compile: bool = False  # torch.compile the text encoder; measured slower on CPU after a 2-3 min compile (results/bench.md)
 
     @field_validator("output_dir")
