@@ -197,3 +197,15 @@ def test_bench_runs_on_a_table_with_two_text_columns(tiny_overrides, tmp_path, m
     res = json.loads(out.read_text())
     assert res["text_columns"] == ["title", "body"] and res["paths"]["optimized"]["train_samples_per_s"] > 0
     assert res["paths"]["reference"]["encoded_tokens_per_sample"] == 4 * 32
+
+
+def test_trainer_threads_sets_the_intra_op_threads():
+    from mmfusion.training.hardware import apply_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert apply_threads(None) == before  # null: torch's default stays
+        assert apply_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert load_config(None, ["trainer.threads=2"]).trainer.threads == 2
