@@ -28,6 +28,7 @@ class BenchPath:
     train_loader: DataLoader
     packed: bool  # encodes only real chunks, padded to the batch's longest (the optimized TextEncoder)
     bf16: bool
+    adamw_impl: str | None = None  # None: the config's (`optim.adamw_impl`); the reference: torch's CPU default
 
 
 def model_inputs(batch: dict) -> dict:
@@ -56,7 +57,7 @@ def measure_training(path: BenchPath, warm: dict, cfg: Config, epochs: int) -> d
     """One warm-up forward/backward on a full batch (no update: first-call costs stay out of the timing), then
     `epochs` timed epochs, loader included, with the optimizer `train` builds (no schedule: it costs nothing)."""
     model = path.model.train()
-    opt = build_optimizer(model, cfg.optim)
+    opt = build_optimizer(model, cfg.optim if path.adamw_impl is None else cfg.optim.model_copy(update={"adamw_impl": path.adamw_impl}))
     clip = cfg.trainer.gradient_clip_val
     n = tokens = real = 0
     with PeakRSS() as mem:

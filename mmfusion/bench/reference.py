@@ -4,6 +4,7 @@ What it did, and what the optimized path (`collate` + `TextEncoder` + `LengthBuc
 - every dialogue padded to `max_chunks` x `chunk_len` tokens  -> pad per batch, to its most chunks and longest chunk;
 - every chunk encoded, empty ones too, eager attention        -> only real chunks, packed into one encoder batch, SDPA;
 - fp32 everywhere                                             -> bf16 autocast where the CPU/GPU has it;
+- torch's default AdamW (CPU: a for-loop over parameters)      -> fused AdamW (`optim.adamw_impl`);
 - the backbone's own dropout (0.1, attention probabilities too) -> no attention dropout (SDPA's fused kernel), cheaper
   dropout masks (`model.text_attention_dropout`, `model.fast_dropout`);
 - the dialogue vector is the UNMASKED mean over all chunks    -> the mean over real chunks. The unmasked mean shrinks

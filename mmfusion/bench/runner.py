@@ -89,7 +89,8 @@ def run_bench(cfg: Config, settings: BenchSettings, progress: Callable[[str], No
         loader = bucketed_loader(train_ds, bs, cfg.seed, opt_collate) if cfg.data.bucket_by_length else plain_loader(opt_collate)
         return BenchPath(name, m, opt_collate, loader, True, bf16)
 
-    paths = [BenchPath("reference", reference_model(model, dropout=own_dropout), ref_collate, plain_loader(ref_collate), False, False)]
+    # the original design also ran torch's default AdamW (on CPU: a for-loop over the parameter tensors)
+    paths = [BenchPath("reference", reference_model(model, dropout=own_dropout), ref_collate, plain_loader(ref_collate), False, False, "for-loop")]
     paths.append(optimized(model, "optimized"))  # the original object goes last: nothing copies it after training
     if settings.compile or cfg.trainer.compile:
         paths.insert(1, optimized(_copy_compiled(model), "optimized+compile"))
