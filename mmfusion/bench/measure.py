@@ -65,7 +65,7 @@ def measure_training(path: BenchPath, warm: dict, cfg: Config, epochs: int) -> d
         _loss(model, warm, path.bf16).backward()
         model.zero_grad(set_to_none=True)
         warmup = time.perf_counter() - started
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for _ in range(epochs):
             for batch in path.train_loader:
                 _loss(model, batch, path.bf16).backward()
@@ -76,9 +76,11 @@ def measure_training(path: BenchPath, warm: dict, cfg: Config, epochs: int) -> d
                 n += len(batch["label"])
                 tokens += encoded_tokens(batch, path.packed, getattr(model.text_encoder, "pack_groups", 1))
                 real += int(batch["attention_mask"].sum())
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     del opt
-    return {"train_samples_per_s": n / seconds, "train_seconds": seconds, "warmup_seconds": warmup, "train_peak_mib": mem.mib,
+    # samples per CPU second of this process: on a shared machine, load that drifts between the phases moves wall
+    # time, much less CPU time (with trainer.threads=1 no thread spins on a preempted peer)
+    return {"train_samples_per_s": n / seconds, "train_seconds": seconds, "train_samples_per_cpu_s": n / cpu, "warmup_seconds": warmup, "train_peak_mib": mem.mib,
             "encoded_tokens_per_sample": tokens / n, "real_tokens_per_sample": real / n}
 
 

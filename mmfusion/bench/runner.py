@@ -115,7 +115,8 @@ def run_bench(cfg: Config, settings: BenchSettings, progress: Callable[[str], No
         if p.name != "optimized":
             p.model = None  # free the copy before the next path's memory is measured
     ref, opt = res["paths"]["reference"], res["paths"]["optimized"]
-    res["speedup"] = {"train": opt["train_samples_per_s"] / ref["train_samples_per_s"], "infer": opt["infer_samples_per_s"] / ref["infer_samples_per_s"]}
+    res["speedup"] = {"train": opt["train_samples_per_s"] / ref["train_samples_per_s"], "infer": opt["infer_samples_per_s"] / ref["infer_samples_per_s"],
+                      "train_cpu": opt["train_samples_per_cpu_s"] / ref["train_samples_per_cpu_s"]}
     n = len(eval_items)
     p_acc = (ref["val_accuracy"] + opt["val_accuracy"]) / 2
     res["val_accuracy_noise"] = 2 * (2 * p_acc * (1 - p_acc) / n) ** 0.5  # 2 s.e. of a difference of two accuracies on n

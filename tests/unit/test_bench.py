@@ -85,6 +85,7 @@ def test_bench_runs_end_to_end(tiny_bert, tiny_overrides, tmp_path, monkeypatch,
         assert path["train_samples_per_s"] > 0 and path["infer_samples_per_s"] > 0 and path["train_peak_mib"] is not None
         assert 0.0 <= path["val_accuracy"] <= 1.0
     assert res["speedup"]["train"] == pytest.approx(opt["train_samples_per_s"] / ref["train_samples_per_s"])
+    assert res["speedup"]["train_cpu"] == pytest.approx(opt["train_samples_per_cpu_s"] / ref["train_samples_per_cpu_s"]) and opt["train_samples_per_cpu_s"] > 0
     onnx = res["onnx"]
     assert {"eager", "onnx_fp32", "onnx_int8", "fused_fp32", "fused_int8"} == set(onnx["engines"]) and onnx["batch"] == 12
     assert onnx["max_abs_diff_fp32_vs_eager"] < 1e-4  # the exported model is the optimized model
