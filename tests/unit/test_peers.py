@@ -54,7 +54,7 @@ def test_script_imports_neither_mmfusion_nor_autogluon_at_load(peer):
 
 def test_arguments(peer, tmp_path):
     args = peer.parse_args(["--data", str(tmp_path), "--out", "o.json"])
-    assert (args.no_rating, args.time_limit, args.seed, args.holdout_frac) == (False, 900, 0, 0.15)
+    assert (args.no_rating, args.time_limit, args.seed, args.holdout_frac) == (False, 900, 0, None)
     args = peer.parse_args(["--data", str(tmp_path), "--out", "o.json", "--no-rating", "--time-limit", "60", "--seed", "3"])
     assert (args.no_rating, args.time_limit, args.seed) == (True, 60, 3)
     with pytest.raises(SystemExit):
@@ -105,8 +105,9 @@ def test_run_writes_the_report(peer, split, tmp_path, monkeypatch):
 
 
 def test_hyperparameters_name_the_local_backbone_and_no_image_model(peer):
-    hp = peer.hyperparameters("/models/minilm")
-    assert hp["model.hf_text.checkpoint_name"] == "/models/minilm" and hp["env.num_gpus"] == 0
+    hp = peer.hyperparameters("/models/minilm", 2)
+    assert hp["model.hf_text.checkpoint_name"] == "/models/minilm" and hp["env.num_gpus"] == 0 and hp["optim.max_epochs"] == 2
+    assert hp["model.hf_text.text_trivial_aug_maxscale"] == 0.0  # the augmentation would download NLTK data
     assert set(hp["model.names"]) == {"hf_text", "numerical_mlp", "categorical_mlp", "fusion_mlp"}
 
 
