@@ -86,10 +86,14 @@ def test_bench_runs_end_to_end(tiny_bert, tiny_overrides, tmp_path, monkeypatch,
         assert 0.0 <= path["val_accuracy"] <= 1.0
     assert res["speedup"]["train"] == pytest.approx(opt["train_samples_per_s"] / ref["train_samples_per_s"])
     onnx = res["onnx"]
-    assert {"eager", "onnx_fp32", "onnx_int8", "fused_fp32", "fused_int8"} == set(onnx["engines"]) and onnx["batch"] == 12
-    assert onnx["max_abs_diff_fp32_vs_eager"] < 1e-4  # the exported model is the optimized model
+    assert {"eager", "onnx_fp32", "onnx_int8", "fused_fp32", "fused_int8", "single_fp32"} == set(onnx["engines"]) and onnx["batch"] == 12
+    assert onnx["max_abs_diff_fp32_vs_eager"] < 1e-4  # the exported (packed) model is the optimized model
+    assert onnx["engines"]["fused_fp32"]["max_abs_diff_vs_onnx_fp32"] < 1e-4
     assert all(e["latency_ms_median"] > 0 and e["batch_samples_per_s"] > 0 for e in onnx["engines"].values())
-    assert [g["goal"] for g in res["goals"]][0].startswith("training throughput") and len(res["goals"]) == 4
+    assert onnx["throughput_ratio_onnx_vs_eager"] == pytest.approx(onnx["engines"]["onnx_fp32"]["batch_samples_per_s"] / onnx["engines"]["eager"]["batch_samples_per_s"])
+    goals = {g["goal"].split(" (")[0]: g for g in res["goals"]}
+    assert [g["goal"] for g in res["goals"]][0].startswith("training throughput") and len(res["goals"]) == 5
+    assert not goals["int8 ONNX accuracy within 1 point of fp32 ONNX on >= 1,000 samples"]["met"]  # n=12: never met on too few samples
     assert res["profile"] and res["onnx"]["profile_onnx"]["onnx_fp32"] and res["cpu"] and res["machine"]
 
 
