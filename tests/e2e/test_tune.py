@@ -31,7 +31,7 @@ def study_overrides(tiny_overrides) -> list[str]:
 def trial_runs(uri: str, parent_id: str) -> dict[int, mlflow.entities.Run]:
     client = mlflow.MlflowClient(uri)
     exp = client.get_run(parent_id).info.experiment_id
-    runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    runs = [r for r in client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'") if "mmfusion.retrain_of" not in r.data.tags]  # trials only
     numbers = [int(r.data.tags["mmfusion.trial_number"]) for r in runs]
     assert len(numbers) == len(set(numbers)), numbers  # one run per trial
     return dict(zip(numbers, runs))
