@@ -1,4 +1,4 @@
-"""`mmfusion bench [--config X.yaml] [key=value ...] [--json PATH|-]`"""
+"""`mmfusion bench [--config X.yaml] [key=value ...] [--json PATH|-]`; `mmfusion bench study [--trials 20]`: a study, uncached vs cached lean"""
 
 from __future__ import annotations
 
@@ -20,17 +20,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime section")
     p.add_argument("--compile", action="store_true", help="also measure the optimized path under torch.compile")
     p.add_argument("--profile", action="store_true", help="print where one optimized training step spends its time")
+    p.add_argument("--trials", type=int, default=20, help="`bench study`: trials of each side's study (default 20)")
+    p.add_argument("--study-samples", type=int, default=400, help="`bench study`: synthetic dialogues of its studies (default 400)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout, after the table)")
 
 
 def main(args: argparse.Namespace) -> int:
     from mmfusion.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    study = args.overrides[:1] == ["study"]  # `bench study ...`: the study benchmark (bench/study.py)
+    cfg = load_config(args.config, args.overrides[study:])
     if args.json and args.json != "-":
         from mmfusion.paths import check_output_file
 
         check_output_file(args.json, "--json")
+    if study:
+        return _study(cfg, args)
     from mmfusion.bench.runner import BenchSettings, format_report, run_bench
 
     settings = BenchSettings(args.train_samples, args.eval_samples, args.latency_samples, args.epochs, not args.no_onnx, args.compile, args.profile)
@@ -42,4 +47,15 @@ def main(args: argparse.Namespace) -> int:
     elif args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    return 0
+
+
+def _study(cfg, args: argparse.Namespace) -> int:
+    from mmfusion.bench.study import StudyBenchSettings, format_study_report, run_study_bench
+
+    result = run_study_bench(cfg, StudyBenchSettings(args.trials, args.study_samples, args.epochs), progress=lambda s: print(f"[bench study] {s}", file=sys.stderr, flush=True))
+    print(format_study_report(result))
+    if args.json:
+        text = json.dumps(result, indent=2)
+        print(text) if args.json == "-" else open(args.json, "w").write(text)
     return 0
