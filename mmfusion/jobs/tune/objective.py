@@ -120,7 +120,8 @@ class Objective:
         sc = self.cfg.study
         pruning = PyTorchLightningPruningCallback(trial, monitor=sc.metric) if sc.pruner.name != "none" else None
         if not launch.needs_supervisor(cfg):
-            result = train(cfg, callbacks=[pruning] if pruning else [], parent_run_id=self.parent_id, extra_tags=tags, lean=sc.lean_trials)
+            result = train(cfg, callbacks=[pruning] if pruning else [], parent_run_id=self.parent_id, extra_tags=tags,
+                           lean=sc.lean_trials and not cfg.tracking.register_as)  # a trial that registers its model logs one
         else:  # the worker processes build their own pruning callback from the trial's spec in their job file
             spec = trial_spec(self.storage_url, sc, trial.number, max_resource(self.cfg)) if pruning else None
             result = train(cfg, parent_run_id=self.parent_id, extra_tags=tags, trial=spec)
