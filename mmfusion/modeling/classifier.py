@@ -9,6 +9,7 @@ from torch import nn
 
 from mmfusion.config import ModelConfig
 from mmfusion.encoders import AttentionChunkPool, TabularEncoder, TextEncoder, masked_chunk_mean
+from mmfusion.encoders.text import set_dropout
 from mmfusion.fusion import Fusion, create_fusion
 
 
@@ -101,7 +102,8 @@ def blank_modalities(batch: dict[str, torch.Tensor], no_text: torch.Tensor, no_t
 
 
 def build_model(cfg: ModelConfig, backbone: nn.Module, n_numeric: int, cardinalities: list[int], n_classes: int, n_text_columns: int = 1) -> MultimodalClassifier:
-    text = TextEncoder(backbone, frozen=cfg.freeze_text_encoder)
+    set_dropout(backbone, cfg.text_dropout, cfg.text_attention_dropout, cfg.fast_dropout)
+    text = TextEncoder(backbone, frozen=cfg.freeze_text_encoder, pack_groups=cfg.pack_groups)
     tab = TabularEncoder(n_numeric, cardinalities, cfg.category_embed_dim, cfg.tab_hidden, cfg.tab_dim, cfg.dropout)
     fusion = create_fusion(cfg.fusion, text.hidden_size, tab.out_dim, cfg)
     pool = AttentionChunkPool(text.hidden_size, cfg.fusion_dim) if cfg.chunk_pooling == "attention" else None
