@@ -1,4 +1,5 @@
-"""`mmfusion bench [--config X.yaml] [key=value ...] [--json PATH|-]`; `mmfusion bench --predict [--rows N]`: the predict benchmark"""
+"""`mmfusion bench [--config X.yaml] [key=value ...] [--json PATH|-]`; `mmfusion bench --predict [--rows N]`: the predict benchmark;
+`mmfusion bench study [--trials 20]`: a study, uncached vs cached lean"""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime section")
     p.add_argument("--compile", action="store_true", help="also measure the optimized path under torch.compile")
     p.add_argument("--profile", action="store_true", help="print where one optimized training step spends its time")
+    p.add_argument("--trials", type=int, default=20, help="`bench study`: trials of each side's study (default 20)")
+    p.add_argument("--study-samples", type=int, default=400, help="`bench study`: synthetic dialogues of its studies (default 400)")
     p.add_argument("--predict", action="store_true", help="instead: stream --rows rows through predict, PyTorch beside ONNX Runtime (rows/s, peak RSS); "
                    "the model is built from the config (pretrained encoder, random-init rest), no run needed")
     p.add_argument("--rows", type=int, default=100_000, help="with --predict: rows scored by each path (default 100000)")
@@ -31,11 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from mmfusion.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    study = args.overrides[:1] == ["study"]  # `bench study ...`: the study benchmark (bench/study.py)
+    cfg = load_config(args.config, args.overrides[study:])
     if args.json and args.json != "-":
         from mmfusion.paths import check_output_file
 
         check_output_file(args.json, "--json")
+    if study:
+        return _study(cfg, args)
     if args.predict:
         from mmfusion.bench.predict import PredictSettings, format_predict_report, run_predict_bench
 
@@ -57,3 +63,10 @@ def _emit(result: dict, table: str, json_path: str | None) -> int:
         with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
     return 0
+
+
+def _study(cfg, args: argparse.Namespace) -> int:
+    from mmfusion.bench.study import StudyBenchSettings, format_study_report, run_study_bench
+
+    result = run_study_bench(cfg, StudyBenchSettings(args.trials, args.study_samples, args.epochs), progress=lambda s: print(f"[bench study] {s}", file=sys.stderr, flush=True))
+    return _emit(result, format_study_report(result), args.json)

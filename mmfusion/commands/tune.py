@@ -50,9 +50,14 @@ def main(args: argparse.Namespace) -> int:
     b = res.best
     print(f"best trial #{b.number}: {sc.metric} = {b.value:.4f} {b.params}\n  MLflow run {b.user_attrs.get('mlflow_run_id')} (tag mmfusion.best_run_id on the parent run)")
     if args.register and b.user_attrs.get("mlflow_run_id"):
-        from mmfusion.jobs.register import register_best
-        from mmfusion.tracking.contract import tracking_uri
+        import mlflow
 
-        version = register_best(b.user_attrs["mlflow_run_id"], args.register, tuple(args.alias), uri=tracking_uri(cfg), parent_run_id=res.parent_run_id)
+        from mmfusion.jobs.register import register_best
+        from mmfusion.tracking.contract import Tag, tracking_uri
+
+        uri = tracking_uri(cfg)
+        outputs = mlflow.MlflowClient(uri).get_run(res.parent_run_id).data.tags.get(Tag.BEST_OUTPUTS)  # a retrain of a lean best trial
+        version = register_best(b.user_attrs["mlflow_run_id"], args.register, tuple(args.alias), uri=uri, parent_run_id=res.parent_run_id,
+                                candidates=(outputs,) if outputs else ())
         print(f"registered as models:/{args.register}/{version.version} (@best{''.join(' @' + a for a in args.alias)}), run {version.run_id}")
     return 0

@@ -168,8 +168,9 @@ class OptimConfig(Strict):
     # one per class (sorted class names), each finite and > 0; "balanced": n_train / (n_classes * n_train_of_class)
     class_weights: list[PositiveFloat] | Literal["balanced"] | None = None
     # AdamW's implementation: fused (one kernel over all parameters; CPU and GPU), foreach (a few ops per group), or
-    # for-loop (torch's CPU default: ~10 small ops per parameter tensor); results agree to float rounding
-    adamw_impl: Literal["fused", "foreach", "for-loop"] = "fused"
+    # for-loop (torch's CPU default: ~10 small ops per parameter tensor); results agree to float rounding. auto: fused
+    # under fp32, foreach under mixed precision (Lightning refuses to clip the gradients of a fused optimizer there)
+    adamw_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
 
 
 class TrainerConfig(Strict):

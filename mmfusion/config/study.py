@@ -87,6 +87,10 @@ class StudyConfig(Strict):
     grace_period: int | None = Field(None, ge=1)  # ... and retried; null: 4 x heartbeat_interval
     max_retry: int = Field(2, ge=0)  # retries of a trial whose worker died
     max_failed_trials: int = Field(3, ge=1)  # this many failed trials in a row (one worker) end the study with an error
+    # lean trials (default): no train-split prediction pass, plots, ONNX export or model packaging per trial (the parent
+    # run logs them once, for the best trial, at the end), and the prepared data and frozen-encoder embeddings reused
+    # across the trials of one process; the trial values are the same either way. false: every trial a full `train` run
+    lean_trials: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> "StudyConfig":

@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mmfusion import signals
 from mmfusion.config import Config
 from mmfusion.data.datamodule import PreparedData, prepare_data
+from mmfusion.data.memo import prepared_data as memo_data
 from mmfusion.encoders import load_tokenizer
 from mmfusion.errors import UserError
 from mmfusion.jobs import launch
@@ -75,11 +76,15 @@ class Heartbeat(L.Callback):
             beat(self.run_id, self.tracking_uri)
 
 
-def prepare(cfg: Config) -> tuple[PreparedData, object]:
-    """Seed, load the tokenizer and the data, check what depends on the data. -> (data, tokenizer)."""
+def prepare(cfg: Config, memo: bool = False) -> tuple[PreparedData, object]:
+    """Seed, load the tokenizer and the data, check what depends on the data. -> (data, tokenizer). `memo`: the data
+    prepared once per data config, seed and tokenizer in this process (`mmfusion.data.memo`: lean study trials)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
-    data = prepare_data(cfg.data, cfg.seed, tokenizer)
+    if memo:
+        data = memo_data(cfg.data, cfg.seed, tokenizer, cfg.model.text_encoder)
+    else:
+        data = prepare_data(cfg.data, cfg.seed, tokenizer)
     if cfg.data.numeric_transform == "auto":  # each column's choice joins the config the run logs: a rebuild repeats it
         cfg.data.numeric_transforms = dict(data.preprocessor.transforms)
     check_class_weights(cfg.optim, len(data.preprocessor.classes))
@@ -115,17 +120,18 @@ def _into_run(run_id: str, uri: str) -> Iterator[None]:
 
 
 def run_fit(cfg: Config, data: PreparedData, tokenizer, run_id: str | None, uri: str, callbacks: Sequence[L.Callback], ckpt_dir: Path,
-            resume_from: Path | None) -> TrainResult:
+            resume_from: Path | None, lean: bool = False) -> TrainResult:
     """This process's part of a job (all of it, a worker, or a rank of a torchrun job). With a `run_id`, rank 0
-    logs the metrics while fitting and the outputs after."""
+    logs the metrics while fitting and the outputs after (`lean`: no train-split pass, metrics and tables only)."""
     owner = run_id is not None and launch.global_rank() == 0
     logger = RunMetricsLogger(experiment_name=cfg.tracking.experiment, run_id=run_id, tracking_uri=uri) if owner else False
     beats = [Heartbeat(run_id, uri)] if owner else []
-    fitted = fit(cfg, data, [*callbacks, *beats], logger=logger, checkpoint_dir=ckpt_dir, resume_from=resume_from, pad_id=tokenizer.pad_token_id or 0)
+    fitted = fit(cfg, data, [*callbacks, *beats], logger=logger, checkpoint_dir=ckpt_dir, resume_from=resume_from, pad_id=tokenizer.pad_token_id or 0,
+                 predict_train=not lean)
     if not (owner and fitted.is_global_zero):
         return TrainResult(run_id, fitted.metrics, None, None, data)
     with _into_run(run_id, uri):
-        frames = log_outputs(cfg, fitted, data, tokenizer)
+        frames = log_outputs(cfg, fitted, data, tokenizer, lean=lean)
     return TrainResult(run_id, fitted.metrics, frames["test"], fitted.module, data)
 
 
@@ -138,17 +144,20 @@ def train(
     resume_run_id: str | None = None,
     tracking_uri: str | None = None,
     trial: dict | None = None,
+    lean: bool = False,
 ) -> TrainResult:
     """Load and check the data, then train, evaluate and log one MLflow run. Input errors raise before any run starts.
 
     `callbacks` join the Lightning trainer (e.g. Optuna pruning; not passed to worker processes); `parent_run_id`
     nests the run (studies, zoo runs); `resume_run_id` continues that run from its last checkpoint; `tracking_uri`:
     where the run goes (default `contract.tracking_uri(cfg)`); `trial`: the study trial the workers of a
-    multi-process job report to (`jobs.tune.storage.trial_spec`). SIGINT and SIGTERM stop the job as `Interrupted`
+    multi-process job report to (`jobs.tune.storage.trial_spec`); `lean` (a study's trial in one process): the data from
+    the in-process memo, and no train-split prediction pass, plots, ONNX or model (the run gets tag mmfusion.lean;
+    multi-process jobs ignore it). SIGINT and SIGTERM stop the job as `Interrupted`
     and its run ends KILLED.
     """
     with signals.stop_on_signals():
-        result = _train(cfg, list(callbacks), parent_run_id, extra_tags, resume_run_id, contract.tracking_uri(cfg, flag=tracking_uri), trial)
+        result = _train(cfg, list(callbacks), parent_run_id, extra_tags, resume_run_id, contract.tracking_uri(cfg, flag=tracking_uri), trial, lean)
     if cfg.tracking.register_as and result.run_id is not None:  # after the run ended FINISHED: a name for its model
         version = register(result.run_id, cfg.tracking.register_as)
         log.info("registered run %s as models:/%s/%s (@best)", result.run_id, cfg.tracking.register_as, version.version)
@@ -156,19 +165,20 @@ def train(
 
 
 def _train(cfg: Config, callbacks: list[L.Callback], parent_run_id: str | None, extra_tags: dict[str, str] | None, resume_run_id: str | None,
-           uri: str, trial: dict | None) -> TrainResult:
+           uri: str, trial: dict | None, lean: bool = False) -> TrainResult:
     owner = launch.global_rank() == 0
+    lean = lean and owner and not launch.needs_supervisor(cfg) and resume_run_id is None
     resume_from = None
     if resume_run_id is not None:  # before anything is reopened: a failed check changes no run
         if owner:
             check_resumable(resume_run_id, uri)
         resume_from = resume_checkpoint(resume_run_id, checkpoint_dir(cfg, resume_run_id))
-    data, tokenizer = prepare(cfg)
+    data, tokenizer = prepare(cfg, memo=lean)
     if not owner:  # a rank of a torchrun/SLURM job: rank 0 owns the run, and Lightning gives every rank its checkpoint folder
         placeholder = checkpoint_dir(cfg, resume_run_id or f"rank{launch.global_rank()}")
         return run_fit(cfg, data, tokenizer, None, uri, callbacks, placeholder, resume_from)
 
-    tags = {Tag.FUSION: cfg.model.fusion, Tag.GIT_SHA: git_sha(), Tag.DATA_FINGERPRINT: data.fingerprint, **(extra_tags or {})}
+    tags = {Tag.FUSION: cfg.model.fusion, Tag.GIT_SHA: git_sha(), Tag.DATA_FINGERPRINT: data.fingerprint, **({Tag.LEAN: "true"} if lean else {}), **(extra_tags or {})}
     with mlflow_run(cfg, tags, run_id=resume_run_id, parent_run_id=parent_run_id, uri=uri) as run:
         run_id = run.info.run_id
         job_dir = checkpoint_dir(cfg, run_id).parent
@@ -180,7 +190,7 @@ def _train(cfg: Config, callbacks: list[L.Callback], parent_run_id: str | None, 
             mlflow.log_text(data.preprocessor.to_json(), Artifact.PREPROCESSING)
             mlflow.set_tags({Tag.JOB_DIR: str(job_dir), Tag.STRATEGY: cfg.trainer.strategy, Tag.WORLD_SIZE: str(world_size(cfg))})
         if not launch.needs_supervisor(cfg):
-            return run_fit(cfg, data, tokenizer, run_id, uri, callbacks, job_dir / "checkpoints", resume_from)
+            return run_fit(cfg, data, tokenizer, run_id, uri, callbacks, job_dir / "checkpoints", resume_from, lean)
         if callbacks:
             log.warning("callbacks are not passed to worker processes: %s", [type(c).__name__ for c in callbacks])
         metrics, test = launch.run_workers(cfg, run_id, uri, job_dir, resume=resume_run_id is not None, trial=trial)

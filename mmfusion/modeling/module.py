@@ -47,9 +47,12 @@ def transformer_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
     return []
 
 
-def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, mixed_precision: bool = False) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: the pretrained encoder at `encoder_lr`, the rest at `lr`; no weight decay
-    on biases and norm weights. The one optimizer of training and of `mmfusion bench`."""
+    on biases and norm weights. The one optimizer of training and of `mmfusion bench`.
+
+    `mixed_precision`: the run trains under a mixed-precision plugin, whose gradient clipping Lightning refuses for a
+    fused optimizer ("performs unscaling of gradients internally"): `adamw_impl=auto` then takes foreach."""
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -59,7 +62,8 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.A
         key = (encoder, decay)
         groups.setdefault(key, {"params": [], "lr": optim.encoder_lr if encoder else optim.lr, "weight_decay": optim.weight_decay if decay else 0.0})
         groups[key]["params"].append(p)
-    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[optim.adamw_impl]
+    name = optim.adamw_impl if optim.adamw_impl != "auto" else ("foreach" if mixed_precision else "fused")
+    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[name]
     return torch.optim.AdamW(list(groups.values()), **impl)
 
 
@@ -191,7 +195,11 @@ class FusionClassifierModule(L.LightningModule):
     # ---- optimisation ----------------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optim)
+        mixed = str(self.trainer.precision).endswith("-mixed")
+        if mixed and self.optim.adamw_impl == "fused" and self.trainer.gradient_clip_val:
+            raise ConfigError(f"optim.adamw_impl: fused cannot clip gradients under trainer.precision={self.trainer.precision} "
+                              "(Lightning refuses it); use auto or foreach, or trainer.gradient_clip_val=null")
+        optimizer = build_optimizer(self.model, self.optim, mixed_precision=mixed)
         total = int(self.trainer.estimated_stepping_batches)
         name = "linear" if self.optim.schedule == "linear" else "constant_with_warmup"
         scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(self.optim.warmup_fraction * total), num_training_steps=total)

@@ -47,6 +47,9 @@ class Tag:
     # on registered model versions: the run and its ONNX sibling (the same weights, served without torch)
     ONNX_MODEL_ID = "mmfusion.onnx_model_id"
     RETRAIN_OF = "mmfusion.retrain_of"  # a best run trained again with its model, to be registered
+    LEAN = "mmfusion.lean"  # "true" on a lean study trial: no train-split predictions, plots, ONNX or model
+    BEST_OUTPUTS = "mmfusion.best_outputs_run_id"  # on a study's parent: the run with the best lean trial's plots/model
+    BEST_OUTPUTS_OF = "mmfusion.best_outputs_of"  # ... and the trial run they are of
 
 
 class Artifact:

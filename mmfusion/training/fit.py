@@ -23,7 +23,7 @@ from transformers import AutoModel
 from mmfusion import progress
 from mmfusion.config import Config
 from mmfusion.data.datamodule import MultimodalDataModule, PreparedData
-from mmfusion.data.embedding_cache import attach_chunk_embeddings
+from mmfusion.data.memo import attach_embeddings
 from mmfusion.encoders import load_text_backbone
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 from mmfusion.modeling.module import FusionClassifierModule
@@ -89,12 +89,14 @@ def fit(
     checkpoint_dir: Path | None = None,
     resume_from: Path | None = None,
     pad_id: int = 0,
+    predict_train: bool = True,
 ) -> FitResult:
     """Build the model (and the embedding cache of a frozen encoder), fit, validate, test and predict the train split.
 
     `data` is prepared and checked by the caller (which also seeds the run); `callbacks` join the trainer;
     `checkpoint_dir` receives `last.ckpt` when `cfg.trainer.checkpoints` (multi-process: rank 0's folder is used by all
-    ranks, Lightning broadcasts it); `resume_from` is a complete checkpoint to continue; `pad_id` is the tokenizer's.
+    ranks, Lightning broadcasts it); `resume_from` is a complete checkpoint to continue; `pad_id` is the tokenizer's;
+    `predict_train=False` skips the train split's prediction pass (it feeds only the plots: lean study trials).
     """
     if cfg.trainer.checkpoints and checkpoint_dir is None:
         raise ValueError("fit: trainer.checkpoints is on but no checkpoint_dir was given")
@@ -106,7 +108,7 @@ def fit(
     if cfg.trainer.compile and not cfg.model.freeze_text_encoder:
         backbone.compile(dynamic=True)  # in place: state-dict keys stay; dynamic: batch shapes vary (see results/bench.md)
     if cfg.model.freeze_text_encoder:
-        stats = attach_chunk_embeddings(data, model.text_encoder, cfg.model.text_encoder, cfg.data.max_chunks, cfg.data.chunk_len, cfg.data.cache_dir)
+        stats = attach_embeddings(data, model.text_encoder, cfg.model.text_encoder, cfg.data.max_chunks, cfg.data.chunk_len, cfg.data.cache_dir)
         log.info("text embedding cache: %s", stats)
     datamodule = MultimodalDataModule(data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.data.num_workers, cfg.seed, pad_id, cfg.data.bucket_by_length)
     memory = MemoryReport()
@@ -125,7 +127,8 @@ def fit(
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     trainer.test(module, datamodule=datamodule, verbose=False)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    trainer.predict(module, dataloaders=datamodule.eval_loader("train"), return_predictions=False)
+    if predict_train:
+        trainer.predict(module, dataloaders=datamodule.eval_loader("train"), return_predictions=False)
     full_model = _full_model(cfg, module, backbone.config, data)  # collective under FSDP: every rank calls it
     if not trainer.is_global_zero:
         return FitResult(metrics, {}, module, None, train_seconds, {}, False)

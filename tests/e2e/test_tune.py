@@ -31,7 +31,7 @@ def study_overrides(tiny_overrides) -> list[str]:
 def trial_runs(uri: str, parent_id: str) -> dict[int, mlflow.entities.Run]:
     client = mlflow.MlflowClient(uri)
     exp = client.get_run(parent_id).info.experiment_id
-    runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    runs = [r for r in client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'") if "mmfusion.retrain_of" not in r.data.tags]  # trials only
     numbers = [int(r.data.tags["mmfusion.trial_number"]) for r in runs]
     assert len(numbers) == len(set(numbers)), numbers  # one run per trial
     return dict(zip(numbers, runs))
@@ -117,7 +117,49 @@ def test_embedding_cache_gives_the_same_trial_values(mlflow_uri, study_overrides
         assert b.value == pytest.approx(a.value, abs=1e-6)
         assert b.intermediate_values == pytest.approx(a.intermediate_values, abs=1e-6)
     plots = {a.path for a in mlflow.MlflowClient(mlflow_uri).list_artifacts(cached.parent_run_id, "plots")}
-    assert plots == {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinates.png"}
+    assert {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinates.png", "plots/router_weights.png"} <= plots  # the study's, the best lean trial's
+
+
+def test_lean_trials_give_the_same_values_and_the_best_trials_outputs_are_logged_once(mlflow_uri, study_overrides, tmp_path):
+    """The same seeded study, full trials then lean ones: the same values per trial and epoch, the same metric names;
+    lean trial runs have no plots, the parent has the best trial's (from the model kept in memory); where the model
+    was not kept, the best config is trained once more, nested under the parent, with the same value."""
+    from mmfusion.jobs.tune.best import log_best_outputs
+    from mmfusion.tracking.contract import Tag
+
+    common = [*study_overrides, "study.n_trials=3", "study.pruner.name=none", "study.sampler={name: random, seed: 3}", f"data.cache_dir={tmp_path / 'cache'}",
+              "study.search_space={model.fusion: {type: categorical, choices: [concat, gate]}, data.max_chunks: {type: categorical, choices: [2, 4]}, optim.lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}}"]
+    full = run_study(load_config(None, [*common, "study.study_name=full", "study.lean_trials=false"]))
+    lean = run_study(load_config(None, [*common, "study.study_name=lean"]))
+    assert [t.params for t in lean.study.trials] == [t.params for t in full.study.trials]
+    assert len({t.params["data.max_chunks"] for t in lean.study.trials}) == 2  # a data parameter: the memo must miss
+    for a, b in zip(full.study.trials, lean.study.trials):
+        assert b.state == a.state == TrialState.COMPLETE
+        assert b.value == a.value and b.intermediate_values == a.intermediate_values  # identical, not close
+    client = mlflow.MlflowClient(mlflow_uri)
+    full_runs, lean_runs = trial_runs(mlflow_uri, full.parent_run_id), trial_runs(mlflow_uri, lean.parent_run_id)
+    for n in range(3):
+        f, g = full_runs[n], lean_runs[n]
+        assert set(g.data.metrics) == set(f.data.metrics)  # what compare and the report read
+        assert {k: v for k, v in g.data.metrics.items() if k.startswith(("val_", "test_"))} == {k: v for k, v in f.data.metrics.items() if k.startswith(("val_", "test_"))}
+        assert g.data.tags[Tag.LEAN] == "true" and Tag.LEAN not in f.data.tags
+        assert {a.path for a in client.list_artifacts(g.info.run_id)} == {a.path for a in client.list_artifacts(f.info.run_id)} - {"plots"}
+    parent = client.get_run(lean.parent_run_id)
+    best_run = lean.study.best_trial.user_attrs["mlflow_run_id"]
+    assert parent.data.tags[Tag.BEST_OUTPUTS] == lean.parent_run_id and parent.data.tags[Tag.BEST_OUTPUTS_OF] == best_run
+    plots = {a.path for a in client.list_artifacts(lean.parent_run_id, "plots")}
+    full_best_plots = {a.path for a in client.list_artifacts(full.study.best_trial.user_attrs["mlflow_run_id"], "plots")}
+    assert full_best_plots and full_best_plots <= plots  # the best trial's plots, beside the study's own
+    assert "plots/router_weights.png" in full_best_plots
+
+    client.delete_tag(lean.parent_run_id, Tag.BEST_OUTPUTS_OF)  # as if the best trial had run in another worker
+    retrain_id = log_best_outputs(client, lean.study, lean.parent_run_id, None, mlflow_uri)
+    retrain = client.get_run(retrain_id)
+    assert retrain.data.tags[Tag.RETRAIN_OF] == best_run and retrain.data.tags["mlflow.parentRunId"] == lean.parent_run_id
+    assert retrain.data.metrics["val_loss"] == pytest.approx(lean.study.best_value, abs=1e-6)
+    assert "plots/router_weights.png" in {a.path for a in client.list_artifacts(retrain_id, "plots")}
+    assert client.get_run(lean.parent_run_id).data.tags[Tag.BEST_OUTPUTS] == retrain_id
+    assert sorted(trial_runs(mlflow_uri, lean.parent_run_id)) == [0, 1, 2]  # the retrain is no trial
 
 
 @pytest.mark.slow

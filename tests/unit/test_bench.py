@@ -214,3 +214,17 @@ def test_trainer_threads_sets_the_intra_op_threads():
     finally:
         torch.set_num_threads(before)
     assert load_config(None, ["trainer.threads=2"]).trainer.threads == 2
+
+
+def test_auto_adamw_is_fused_in_fp32_and_foreach_under_mixed_precision(tiny_data):
+    """Lightning refuses to clip a fused optimizer's gradients under a mixed-precision plugin (bf16-mixed is the
+    default where the CPU has bf16): `auto` must not pick fused there."""
+    from mmfusion.modeling.module import build_optimizer
+
+    cfg, data, _ = tiny_data
+    model = build_model(cfg.model, load_text_backbone(cfg.model.text_encoder), data.preprocessor.n_numeric_features,
+                        data.preprocessor.cardinalities, len(data.preprocessor.classes))
+    assert cfg.optim.adamw_impl == "auto"
+    assert build_optimizer(model, cfg.optim).defaults.get("fused") is True
+    mixed = build_optimizer(model, cfg.optim, mixed_precision=True)
+    assert not mixed.defaults.get("fused") and mixed.defaults.get("foreach") is True

@@ -4,7 +4,8 @@ Already checked when the config loads: `study.metric` is a validation metric (a 
 search-space key exists and each of its choices / bounds is valid on its own (e.g. every sampled fusion name is
 registered). Checked here, on the base config's data (prepared once, as `train` prepares it): the data loads, the class
 weights fit its classes, and the metric can be computed on its validation split. A data key in the search space is
-checked at its base value only; a combination that breaks a cross-field rule still fails only its own trial.
+checked at its base value only; a combination that breaks a cross-field rule still fails only its own trial. With lean
+trials the base data goes into the in-process memo, so a trial that changes no data key prepares none.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from mmfusion.config import Config
 from mmfusion.data.datamodule import PreparedData, prepare_data
+from mmfusion.data.memo import prepared_data
 from mmfusion.encoders import load_tokenizer
 from mmfusion.errors import ConfigError
 from mmfusion.modeling.module import check_class_weights
@@ -46,7 +48,7 @@ def check_study(cfg: Config) -> PreparedData:
     """Raise a UserError (one line) for what would fail every trial; -> the prepared base data."""
     sc = cfg.study
     tokenizer = load_tokenizer(cfg.model.text_encoder)
-    data = prepare_data(cfg.data, cfg.seed, tokenizer)
+    data = prepared_data(cfg.data, cfg.seed, tokenizer, cfg.model.text_encoder) if sc.lean_trials else prepare_data(cfg.data, cfg.seed, tokenizer)
     check_class_weights(cfg.optim, len(data.preprocessor.classes))
     possible = producible_metrics(data)
     if sc.metric not in possible:

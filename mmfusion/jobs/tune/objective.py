@@ -57,13 +57,16 @@ def ignore_further_signals() -> None:
 class Objective:
     """Pruned trials end KILLED, failed ones FAILED with the reason, stopped ones (SIGINT/SIGTERM) KILLED.
 
-    `current` is the number of this worker's latest trial; `failed_in_a_row` / `last_failure` count its failures."""
+    `current` is the number of this worker's latest trial; `failed_in_a_row` / `last_failure` count its failures;
+    `kept` is this worker's best complete lean trial so far (number, its config, its `TrainResult` with the fitted
+    module): the study logs its plots and model at the end without training it again."""
 
     def __init__(self, cfg: Config, parent_id: str, storage_url: str) -> None:
         self.cfg, self.parent_id, self.storage_url = cfg, parent_id, storage_url
         self.client = MlflowClient(tracking_uri(cfg))
         self.current: int | None = None
         self.failed_in_a_row, self.last_failure = 0, ""
+        self.kept: tuple[int, Config, Any] | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial.number
@@ -79,7 +82,8 @@ class Objective:
         try:
             params = sample_params(trial, sc.search_space)
             tags[Tag.TRIAL_PARAMS] = json.dumps(params)
-            result = self._train(trial, trial_config(self.cfg, params, trial.number), tags)
+            cfg = trial_config(self.cfg, params, trial.number)
+            result = self._train(trial, cfg, tags)
             if sc.metric not in result.metrics:
                 raise ValueError(f"the trial logged no {sc.metric} (logged: {', '.join(sorted(result.metrics))})")
         except optuna.TrialPruned as pruned:
@@ -100,13 +104,24 @@ class Objective:
             raise
         self.failed_in_a_row = 0
         trial.set_user_attr("mlflow_run_id", result.run_id)
-        return result.metrics[sc.metric]
+        value = result.metrics[sc.metric]
+        self._keep(trial.number, cfg, result, value)
+        return value
+
+    def _keep(self, number: int, cfg: Config, result, value: float) -> None:
+        """Hold the fitted model of this worker's best lean trial (one at a time), drop the others'."""
+        if not self.cfg.study.lean_trials or result.module is None:
+            return
+        best = None if self.kept is None else self.kept[2].metrics[self.cfg.study.metric]
+        if best is None or (value > best if self.cfg.study.direction == "maximize" else value < best):  # ties: Optuna's best is the first
+            self.kept = (number, cfg, result)
 
     def _train(self, trial: optuna.Trial, cfg: Config, tags: dict[str, str]):
         sc = self.cfg.study
         pruning = PyTorchLightningPruningCallback(trial, monitor=sc.metric) if sc.pruner.name != "none" else None
         if not launch.needs_supervisor(cfg):
-            result = train(cfg, callbacks=[pruning] if pruning else [], parent_run_id=self.parent_id, extra_tags=tags)
+            result = train(cfg, callbacks=[pruning] if pruning else [], parent_run_id=self.parent_id, extra_tags=tags,
+                           lean=sc.lean_trials and not cfg.tracking.register_as)  # a trial that registers its model logs one
         else:  # the worker processes build their own pruning callback from the trial's spec in their job file
             spec = trial_spec(self.storage_url, sc, trial.number, max_resource(self.cfg)) if pruning else None
             result = train(cfg, parent_run_id=self.parent_id, extra_tags=tags, trial=spec)

@@ -19,6 +19,7 @@ from mmfusion.config import Config, StudyConfig
 from mmfusion.errors import ConfigError, UserError
 from mmfusion.tracking.contract import tracking_uri
 from mmfusion.tracking.session import mlflow_run
+from mmfusion.jobs.tune.best import log_best_outputs
 from mmfusion.jobs.tune.checks import check_study
 from mmfusion.jobs.tune.objective import AfterTrial, FailureLimit, Objective, ignore_further_signals, raise_if_stopped
 from mmfusion.jobs.tune.report import ParentLog, log_best, log_plots, log_study_setup, parent_tags
@@ -27,24 +28,31 @@ from mmfusion.jobs.tune.storage import DEFAULT_STORAGE, FINISHED, PARENT_ATTR, c
 log = logging.getLogger(__name__)
 
 
-class TrialLine:
-    """One progress line per finished trial (stderr; none with `--quiet`): how far the study is, and the best so far."""
+def short_params(params: dict) -> str:
+    """`fusion=gate dropout=0.12 lr=0.0011`: a trial's parameters by their last key part, floats to 3 digits."""
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in params.items())
 
-    def __init__(self, n_trials: int | None) -> None:
-        self.n_trials, self.started = n_trials, time.monotonic()
+
+class TrialLine:
+    """One progress line per finished trial (stderr; none with `--quiet`): its number, state, value, parameters and
+    time, how far the study is, the best so far and the time since the study started."""
+
+    def __init__(self, n_trials: int | None, metric: str = "value") -> None:
+        self.n_trials, self.metric, self.started = n_trials, metric, time.monotonic()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if progress.is_quiet():
             return
         done = count(study)
-        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        value = f"{self.metric}={trial.value:.4f}" if trial.value is not None else "-"
+        took = f" in {trial.duration.total_seconds():.0f} s" if trial.duration is not None else ""
         try:
             best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:  # no complete trial yet
             best = "no complete trial yet"
         of = f"/{self.n_trials}" if self.n_trials else ""
-        print(f"trial {trial.number} {trial.state.name.lower()} {value}; {done}{of} done, {best}, {time.monotonic() - self.started:.0f} s",
-              file=sys.stderr, flush=True)
+        print(f"trial {trial.number} {trial.state.name.lower()} {value}{took} [{short_params(trial.params)}]; {done}{of} done, {best}, "
+              f"{time.monotonic() - self.started:.0f} s elapsed", file=sys.stderr, flush=True)
 
 
 class _StopAt:
@@ -99,7 +107,7 @@ def optimize(study: optuna.Study, objective: Objective, sc: StudyConfig, callbac
             return
         try:
             # no gc_after_trial: AfterTrial collects, then re-raises a signal that a finalizer swallowed meanwhile
-            study.optimize(objective, timeout=left, catch=(Exception,), callbacks=[AfterTrial(), TrialLine(sc.n_trials), *callbacks, FailureLimit(objective, sc.max_failed_trials), *stop])
+            study.optimize(objective, timeout=left, catch=(Exception,), callbacks=[AfterTrial(), TrialLine(sc.n_trials, sc.metric), *callbacks, FailureLimit(objective, sc.max_failed_trials), *stop])
         except ValueError as err:  # our trial was failed as stale by another worker while it ran (optuna#5470)
             if "Cannot tell a" not in str(err):
                 raise
@@ -199,8 +207,23 @@ def _run(cfg: Config) -> StudyResult:
         best = log_best(client, study, parent, step=len(study.trials))
         if best is not None:
             client.log_dict(parent, {"number": best.number, "value": best.value, "params": best.params, "run_id": best.user_attrs.get("mlflow_run_id")}, "best_trial.json")
+            if sc.lean_trials:
+                _best_outputs(client, study, parent, objective, tracking_uri(cfg))
         log_plots(client, study, parent)
     return StudyResult(study, parent, best, time.perf_counter() - started)
+
+
+def _best_outputs(client: MlflowClient, study: optuna.Study, parent: str, objective: Objective, uri: str) -> None:
+    """The best lean trial's plots and model, once; a failure there (e.g. an ONNX parity error) is reported, and the
+    study, whose trials are all recorded, still ends FINISHED."""
+    try:
+        log_best_outputs(client, study, parent, objective.kept, uri)
+    except Exception as err:
+        if signals.received() is not None:  # stopped meanwhile: the parent ends KILLED
+            raise
+        log.warning("the best trial's plots and model were not logged: %s: %s", type(err).__name__, err)
+    finally:
+        objective.kept = None  # the fitted model is not needed any more
 
 
 def _record_stop(study: optuna.Study, number: int | None, parent: str) -> None:
