@@ -73,3 +73,25 @@ def to_flat(model: dict[str, Any]) -> dict[str, Any]:
     if options:
         out["fusion_options"] = options
     return out
+
+
+# Options added after runs were logged, with the value that gives the behaviour those runs trained with. A logged
+# config.yaml is fully resolved, so a key it lacks means the run predates the option: without this, rebuilding it
+# (`reproduce`, `train --resume`) would silently train with today's defaults instead.
+BEFORE_THE_OPTION: dict[str, Any] = {
+    "trainer.restore_best": False,  # the last epoch's weights were kept
+    "model.pack_groups": 1,  # one packed encoder batch (same result to float rounding)
+    "model.text_attention_dropout": None,  # the backbone's own attention dropout
+    "model.fast_dropout": False,  # torch's dropout
+    "optim.adamw_impl": "for-loop",  # torch's default AdamW on CPU
+}
+
+
+def fill_logged(raw: dict[str, Any]) -> dict[str, Any]:
+    """A logged run's config with the options it predates set to the behaviour it trained with."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for key, value in BEFORE_THE_OPTION.items():
+        section, name = key.split(".")
+        if isinstance(out.get(section), dict) and name not in out[section]:
+            out[section][name] = value
+    return out

@@ -13,6 +13,7 @@ import mlflow
 import yaml
 
 from mmfusion.config import Config, build_config, flatten, resolved_dict
+from mmfusion.config.legacy import fill_logged
 from mmfusion.errors import ConfigError, UserError
 from mmfusion.tracking.contract import Artifact, Tag, tracking_uri as resolve_uri
 
@@ -28,7 +29,7 @@ def config_of_run(run_id: str, tracking_uri: str | None = None, client: mlflow.M
             raise ValueError(f"a mapping was expected, got {type(raw).__name__}")
     except Exception as err:  # MlflowException, OSError, YAMLError, ... : the run or its artifact is not there or broken
         raise UserError(f"run {run_id!r}: cannot read its config.yaml at {client.tracking_uri} ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    return build_config(raw, f"config.yaml of run {run_id}")
+    return build_config(fill_logged(raw), f"config.yaml of run {run_id}")
 
 
 def ensure_same_config(logged: Config, given: Config) -> Config:

@@ -250,3 +250,17 @@ def test_several_problems_all_reported():
 def test_error_names_the_file(tmp_path):
     path = write_yaml(tmp_path / "exp.yaml", {"trainer": {"max_epochs": "abc"}})
     assert str(path) in config_error([], path)
+
+
+def test_a_logged_config_that_predates_an_option_rebuilds_with_the_old_behaviour():
+    """A run logged before trainer.restore_best & co. existed is rebuilt as it trained (last epoch kept, backbone
+    dropout, one packed batch, torch's AdamW), while a config that states them keeps what it states."""
+    from mmfusion.config import build_config, resolved_dict
+    from mmfusion.config.legacy import BEFORE_THE_OPTION, fill_logged
+
+    today = resolved_dict(build_config({}))
+    old = {sec: ({k: v for k, v in body.items() if f"{sec}.{k}" not in BEFORE_THE_OPTION} if isinstance(body, dict) else body) for sec, body in today.items()}
+    rebuilt = build_config(fill_logged(old))
+    assert rebuilt.trainer.restore_best is False and rebuilt.model.pack_groups == 1 and rebuilt.model.fast_dropout is False
+    assert rebuilt.model.text_attention_dropout is None and rebuilt.optim.adamw_impl == "for-loop"
+    assert build_config(fill_logged(today)) == build_config(today)  # a current run is rebuilt as logged
