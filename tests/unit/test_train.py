@@ -28,8 +28,12 @@ def test_train_logs_a_complete_run(mlflow_uri, tiny_overrides, tmp_path):
     assert run.data.params["model.fusion"] == "moe" and run.data.params["trainer.max_epochs"] == "2"
     assert run.data.tags["mmfusion.fusion"] == "moe"
     assert len(run.data.tags["mmfusion.data_fingerprint"]) == 16 and run.data.tags["mmfusion.git_sha"]
-    for key in ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "val_auroc", "val_attribution_auroc"):
-        assert len(client.get_metric_history(result.run_id, key)) == 2, key  # one value per epoch
+    assert len(client.get_metric_history(result.run_id, "train_loss")) == 2  # one value per epoch
+    restored = int(run.data.metrics["restored_epoch"])  # trainer.restore_best: the best epoch re-validated at the end
+    for key in ("val_loss", "val_accuracy", "val_f1_macro", "val_auroc", "val_attribution_auroc"):
+        history = [m.value for m in sorted(client.get_metric_history(result.run_id, key), key=lambda m: (m.step, m.timestamp))]
+        assert len(history) == 3, key  # one value per epoch, then the restored epoch's
+        assert history[-1] == pytest.approx(history[restored], abs=1e-5), key
     for key in ("test_loss", "test_accuracy", "test_f1_macro", "test_auroc"):
         assert 0.0 <= run.data.metrics[key] <= (10.0 if key == "test_loss" else 1.0)
     artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {a.path for a in client.list_artifacts(result.run_id, "plots")} | {a.path for a in client.list_artifacts(result.run_id, "predictions")}
