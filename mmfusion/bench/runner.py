@@ -72,7 +72,7 @@ def run_bench(cfg: Config, settings: BenchSettings, progress: Callable[[str], No
     eval_items = [SplitDataset(data.splits["val"])[i] for i in range(min(settings.eval_samples, len(data.splits["val"].ids)))]
     train_ds = SplitDataset(train_split)
     warm_items = [train_ds[i] for i in range(min(cfg.trainer.batch_size, len(train_ds)))]  # one full batch
-    model = build_model(cfg.model.model_copy(update={"freeze_text_encoder": False}), load_text_backbone(cfg.model.text_encoder),
+    model = build_model(cfg.model.model_copy(update={"train_text_layers": "all"}), load_text_backbone(cfg.model.text_encoder),
                         data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes))
     bf16 = resolve_precision(cfg.trainer.precision, "cpu") == "bf16-mixed"
     bs, c, t = cfg.trainer.batch_size, cfg.data.max_chunks, cfg.data.chunk_len

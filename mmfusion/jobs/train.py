@@ -25,6 +25,7 @@ from mmfusion import signals
 from mmfusion.config import Config
 from mmfusion.data.datamodule import PreparedData, prepare_data
 from mmfusion.encoders import load_tokenizer
+from mmfusion.encoders.partial import check_encoder_layers
 from mmfusion.errors import UserError
 from mmfusion.jobs import launch
 from mmfusion.jobs.outputs import log_outputs
@@ -79,6 +80,7 @@ def prepare(cfg: Config) -> tuple[PreparedData, object]:
     """Seed, load the tokenizer and the data, check what depends on the data. -> (data, tokenizer)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
+    check_encoder_layers(cfg.model.train_text_layers, cfg.model.text_encoder)
     data = prepare_data(cfg.data, cfg.seed, tokenizer)
     check_class_weights(cfg.optim, len(data.preprocessor.classes))
     return data, tokenizer
