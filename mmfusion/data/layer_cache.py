@@ -46,6 +46,10 @@ def encode_split_hidden(split: Split, backbone: nn.Module, n_lower: int, batch_s
             b = collate([{"chunks": split.chunks[i], "numeric": split.numeric[i], "categorical": split.categorical[i], "label": 0, "modality": 0, "index": i} for i in idx])
             n, c, t = b["input_ids"].shape
             real = b["chunk_mask"].reshape(-1).nonzero().squeeze(-1)
+            if not real.numel():  # a batch of samples without text
+                for i in idx:
+                    out[i] = torch.zeros(0, backbone.config.hidden_size)
+                continue
             hidden = lower_hidden(backbone, b["input_ids"].reshape(n * c, t)[real], b["attention_mask"].reshape(n * c, t)[real], n_lower).float()
             row_of = {int(r): k for k, r in enumerate(real)}  # flat chunk index -> row of `hidden`
             for row, i in enumerate(idx):
