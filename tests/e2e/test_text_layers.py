@@ -71,5 +71,12 @@ def test_fsdp_job_trains_only_the_top_layer_and_serves_from_tokens(mlflow_uri, t
     np.testing.assert_allclose(scored["prob_escalate"], logged["prob_escalate"], atol=2e-3)  # float16 storage of the states
     parity = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/onnx/onnx_parity.json")
     assert parity["passed"] and parity["max_abs_diff"] <= 1e-4  # the graph starts from tokens and holds every layer
-    rep = reproduce(result.run_id)
-    assert rep.within(0.0) and rep.predictions["same_preds"]  # the cache is rebuilt or reread: the same run again
+
+
+def test_reproduce_rebuilds_a_partly_fine_tuned_run(mlflow_uri, tiny_overrides, tmp_path):
+    """The logged config (train_text_layers: 1) rebuilds the run; the cache is reread (or rebuilt): the same run again."""
+    job = [*tiny_overrides, "model.train_text_layers=1", "trainer.max_epochs=2", "export.onnx=false", "tracking.system_metrics=false",
+           f"data.cache_dir={tmp_path / 'cache'}"]
+    original = train(load_config(None, job)).run_id
+    rep = reproduce(original)
+    assert rep.within(0.0) and rep.predictions["same_preds"] and rep.predictions["max_abs_diff"] == 0.0
