@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from mmfusion.bench.memory import PeakRSS
 from mmfusion.config import Config
+from mmfusion.encoders.text import length_groups
 from mmfusion.modeling.classifier import MultimodalClassifier
 from mmfusion.modeling.metrics import classification_metrics
 from mmfusion.modeling.module import MODEL_INPUTS, build_optimizer
@@ -27,6 +28,7 @@ class BenchPath:
     train_loader: DataLoader
     packed: bool  # encodes only real chunks, padded to the batch's longest (the optimized TextEncoder)
     bf16: bool
+    adamw_impl: str | None = None  # None: the config's (`optim.adamw_impl`); the reference: torch's CPU default
 
 
 def model_inputs(batch: dict) -> dict:
@@ -37,12 +39,12 @@ def autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def encoded_tokens(batch: dict, packed: bool) -> int:
-    """Token positions the encoder runs on for this batch (real + padding)."""
+def encoded_tokens(batch: dict, packed: bool, groups: int = 1) -> int:
+    """Token positions the encoder runs on for this batch (real + padding); packed: in `groups` length groups."""
     if not packed:
         return batch["input_ids"].numel()
     lengths = batch["attention_mask"].sum(-1)[batch["chunk_mask"].bool()]
-    return int(lengths.numel() * lengths.max()) if lengths.numel() else 0
+    return sum(int(len(g) * lengths[g].max()) for g in length_groups(lengths, groups)) if lengths.numel() else 0
 
 
 def _loss(model: MultimodalClassifier, batch: dict, bf16: bool) -> torch.Tensor:
@@ -55,7 +57,7 @@ def measure_training(path: BenchPath, warm: dict, cfg: Config, epochs: int) -> d
     """One warm-up forward/backward on a full batch (no update: first-call costs stay out of the timing), then
     `epochs` timed epochs, loader included, with the optimizer `train` builds (no schedule: it costs nothing)."""
     model = path.model.train()
-    opt = build_optimizer(model, cfg.optim)
+    opt = build_optimizer(model, cfg.optim if path.adamw_impl is None else cfg.optim.model_copy(update={"adamw_impl": path.adamw_impl}))
     clip = cfg.trainer.gradient_clip_val
     n = tokens = real = 0
     with PeakRSS() as mem:
@@ -63,7 +65,7 @@ def measure_training(path: BenchPath, warm: dict, cfg: Config, epochs: int) -> d
         _loss(model, warm, path.bf16).backward()
         model.zero_grad(set_to_none=True)
         warmup = time.perf_counter() - started
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for _ in range(epochs):
             for batch in path.train_loader:
                 _loss(model, batch, path.bf16).backward()
@@ -72,11 +74,13 @@ def measure_training(path: BenchPath, warm: dict, cfg: Config, epochs: int) -> d
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 n += len(batch["label"])
-                tokens += encoded_tokens(batch, path.packed)
+                tokens += encoded_tokens(batch, path.packed, getattr(model.text_encoder, "pack_groups", 1))
                 real += int(batch["attention_mask"].sum())
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     del opt
-    return {"train_samples_per_s": n / seconds, "train_seconds": seconds, "warmup_seconds": warmup, "train_peak_mib": mem.mib,
+    # samples per CPU second of this process: on a shared machine, load that drifts between the phases moves wall
+    # time, much less CPU time (with trainer.threads=1 no thread spins on a preempted peer)
+    return {"train_samples_per_s": n / seconds, "train_seconds": seconds, "train_samples_per_cpu_s": n / cpu, "warmup_seconds": warmup, "train_peak_mib": mem.mib,
             "encoded_tokens_per_sample": tokens / n, "real_tokens_per_sample": real / n}
 
 

@@ -4,6 +4,9 @@ What it did, and what the optimized path (`collate` + `TextEncoder` + `LengthBuc
 - every dialogue padded to `max_chunks` x `chunk_len` tokens  -> pad per batch, to its most chunks and longest chunk;
 - every chunk encoded, empty ones too, eager attention        -> only real chunks, packed into one encoder batch, SDPA;
 - fp32 everywhere                                             -> bf16 autocast where the CPU/GPU has it;
+- torch's default AdamW (CPU: a for-loop over parameters)      -> fused AdamW (`optim.adamw_impl`);
+- the backbone's own dropout (0.1, attention probabilities too) -> no attention dropout (SDPA's fused kernel), cheaper
+  dropout masks (`model.text_attention_dropout`, `model.fast_dropout`);
 - the dialogue vector is the UNMASKED mean over all chunks    -> the mean over real chunks. The unmasked mean shrinks
   the text vector of a short dialogue (2 real chunks of 8: x 2/8), so it is a different function, not only slower.
 
@@ -22,6 +25,7 @@ from torch import nn
 
 from mmfusion.data.datamodule import collate
 from mmfusion.encoders import masked_chunk_mean
+from mmfusion.encoders.text import set_dropout
 from mmfusion.modeling.classifier import MultimodalClassifier
 
 
@@ -34,6 +38,7 @@ def reference_collate(items: list[dict], max_chunks: int, chunk_len: int, pad_id
     batch["input_ids"] = F.pad(batch["input_ids"], grow, value=pad_id)
     batch["attention_mask"] = F.pad(batch["attention_mask"], grow, value=0)
     batch["chunk_mask"] = F.pad(batch["chunk_mask"], (0, max_chunks - c), value=0)
+    batch["chunk_column"] = F.pad(batch["chunk_column"], (0, max_chunks - c), value=0)  # several text columns
     return batch
 
 
@@ -55,10 +60,16 @@ class ReferenceTextEncoder(nn.Module):
         return pooled, chunks
 
 
-def reference_model(model: MultimodalClassifier, chunk_mean: Literal["unmasked", "masked"] = "unmasked", attention: str = "eager") -> MultimodalClassifier:
-    """A copy of `model` (same weights, independent parameters) whose text encoder follows the original design."""
+def reference_model(model: MultimodalClassifier, chunk_mean: Literal["unmasked", "masked"] = "unmasked", attention: str = "eager",
+                    dropout: tuple[float, float] | None = None) -> MultimodalClassifier:
+    """A copy of `model` (same weights, independent parameters) whose text encoder follows the original design.
+
+    `dropout`: the backbone's own (hidden, attention-probability) dropout, restored with torch's dropout; None keeps
+    the model's."""
     ref = copy.deepcopy(model)
     backbone = ref.text_encoder.backbone
+    if dropout is not None:
+        set_dropout(backbone, *dropout, fast=False)
     backbone.set_attn_implementation(attention)  # eager: what a BERT ran before SDPA; it copes with empty chunks
     ref.text_encoder = ReferenceTextEncoder(backbone, chunk_mean)  # (requires_grad flags are copied with the weights)
     return ref.train(model.training)

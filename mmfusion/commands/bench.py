@@ -1,4 +1,4 @@
-"""`mmfusion bench [--config X.yaml] [key=value ...] [--json PATH|-]`"""
+"""`mmfusion bench [--config X.yaml] [key=value ...] [--json PATH|-]`; `mmfusion bench --predict [--rows N]`: the predict benchmark"""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime section")
     p.add_argument("--compile", action="store_true", help="also measure the optimized path under torch.compile")
     p.add_argument("--profile", action="store_true", help="print where one optimized training step spends its time")
+    p.add_argument("--predict", action="store_true", help="instead: stream --rows rows through predict, PyTorch beside ONNX Runtime (rows/s, peak RSS); "
+                   "the model is built from the config (pretrained encoder, random-init rest), no run needed")
+    p.add_argument("--rows", type=int, default=100_000, help="with --predict: rows scored by each path (default 100000)")
+    p.add_argument("--piece-rows", type=int, default=4096, help="with --predict: rows read and scored at once (default 4096)")
+    p.add_argument("--int8", action="store_true", help="with --predict: also the int8 ONNX encoder")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout, after the table)")
 
 
@@ -31,15 +36,24 @@ def main(args: argparse.Namespace) -> int:
         from mmfusion.paths import check_output_file
 
         check_output_file(args.json, "--json")
+    if args.predict:
+        from mmfusion.bench.predict import PredictSettings, format_predict_report, run_predict_bench
+
+        result = run_predict_bench(cfg, PredictSettings(args.rows, piece_rows=args.piece_rows, int8=args.int8), progress=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
+        return _emit(result, format_predict_report(result), args.json)
     from mmfusion.bench.runner import BenchSettings, format_report, run_bench
 
     settings = BenchSettings(args.train_samples, args.eval_samples, args.latency_samples, args.epochs, not args.no_onnx, args.compile, args.profile)
     result = run_bench(cfg, settings, progress=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
     result["command"] = " ".join(["python -m mmfusion", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "python -m mmfusion bench"
-    print(format_report(result))
-    if args.json == "-":
+    return _emit(result, format_report(result), args.json)
+
+
+def _emit(result: dict, table: str, json_path: str | None) -> int:
+    print(table)
+    if json_path == "-":
         print(json.dumps(result, indent=2))
-    elif args.json:
-        with open(args.json, "w") as f:
+    elif json_path:
+        with open(json_path, "w") as f:
             json.dump(result, f, indent=2)
     return 0

@@ -89,6 +89,12 @@ class ModelConfig(Strict):
     category_embed_dim: int = Field(8, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     modality_dropout: float = Field(0.0, ge=0.0, le=0.5)  # per training sample: P(text removed) = P(table removed)
+    # The text encoder's own dropout (results/bench.md, "training speed"). null keeps the backbone's (MiniLM: 0.1).
+    text_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # embeddings, attention output, feed-forward output
+    # on the attention probabilities: > 0 makes CPU SDPA leave its fused kernel for the math path (~3x slower)
+    text_attention_dropout: float | None = Field(0.0, ge=0.0, lt=1.0)
+    fast_dropout: bool = True  # the text encoder's dropout masks drawn 16 bits at a time (encoders/text.py FastDropout)
+    pack_groups: int = Field(4, ge=1)  # real chunks encoded in at most this many length groups, each padded to its own longest
 
     @model_validator(mode="before")
     @classmethod
@@ -172,6 +178,9 @@ class OptimConfig(Strict):
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     # one per class (sorted class names), each finite and > 0; "balanced": n_train / (n_classes * n_train_of_class)
     class_weights: list[PositiveFloat] | Literal["balanced"] | None = None
+    # AdamW's implementation: fused (one kernel over all parameters; CPU and GPU), foreach (a few ops per group), or
+    # for-loop (torch's CPU default: ~10 small ops per parameter tensor); results agree to float rounding
+    adamw_impl: Literal["fused", "foreach", "for-loop"] = "fused"
 
 
 class TrainerConfig(Strict):
@@ -191,6 +200,9 @@ class TrainerConfig(Strict):
     output_dir: str = "outputs"  # checkpoints and job files, under <output_dir>/<run_id>/
     checkpoints: bool = True  # (sharded under fsdp) each epoch and at the end; `train --resume RUN_ID` continues
     checkpoint_every_n_steps: int | None = Field(None, ge=1)  # also every N optimizer steps; a resume from mid-epoch is not exact (the epoch restarts its data order)
+    # intra-op CPU threads of each process (torch.set_num_threads); null: torch's default, one per physical core. On a
+    # CPU shared with other jobs, fewer threads than cores avoids OpenMP threads spinning on preempted peers
+    threads: int | None = Field(None, ge=1)
     compile: bool = False  # torch.compile the text encoder; measured slower on CPU after a 2-3 min compile (results/bench.md)
 
     @field_validator("output_dir")

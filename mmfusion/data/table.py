@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -53,3 +54,35 @@ def check_labels(labels: pd.Series, source: str, column: str) -> None:
         raise DataError(f"{source}: label column {column!r} has {int(labels.isna().sum())} missing value(s)")
     if labels.nunique() < 2:
         raise DataError(f"{source}: label column {column!r} has a single class ({labels.iloc[0]!r}); at least 2 are needed")
+
+
+def read_table_pieces(path: str | Path, rows: int) -> Iterator[pd.DataFrame]:
+    """The table in pieces of at most `rows` rows, read as they are needed (CSV/TSV: pandas chunksize; Parquet:
+    pyarrow record batches), so memory does not grow with the file. Same errors as `read_table`."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; allowed: {', '.join(READERS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: file does not exist")
+    try:
+        if suffix in (".csv", ".tsv"):
+            pieces: Iterator[pd.DataFrame] = iter(pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", chunksize=rows))
+        else:
+            import pyarrow.parquet as pq
+
+            pieces = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(batch_size=rows))
+        first = next(pieces, None)
+    except Exception as err:  # pandas/pyarrow raise many types for unreadable files
+        raise DataError(f"{path}: cannot read as {suffix.lstrip('.').upper()} ({type(err).__name__}: {err})") from None
+    if first is None or first.empty:
+        raise DataError(f"{path}: the table is empty")
+    yield first
+    while True:
+        try:
+            piece = next(pieces, None)
+        except Exception as err:  # noqa: BLE001 - a malformed line further down the file
+            raise DataError(f"{path}: cannot read as {suffix.lstrip('.').upper()} ({type(err).__name__}: {err})") from None
+        if piece is None:
+            return
+        yield piece

@@ -3,13 +3,16 @@
 Tokens are mean-pooled within a chunk (attention mask), chunks are pooled within a dialogue (chunk mask): by their
 mean (the original design, `model.chunk_pooling=mean`) or by learned attention (`attention`), which lets the one
 message that carries the label outweigh the small talk around it. Padding chunks are neither counted nor encoded:
-the real chunks of a batch are packed into one encoder batch.
+the real chunks of a batch are packed, sorted by length and encoded in a few groups, each padded to its own longest
+chunk (`length_groups`). Dropout inside the encoder can be set apart from the backbone's own (`set_dropout`): on CPU,
+attention dropout makes SDPA leave its fused kernel, and torch's dropout mask is drawn serially on AMD CPUs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,8 +79,82 @@ class AttentionChunkPool(nn.Module):
         return (weights.unsqueeze(-1).to(chunks.dtype) * chunks).sum(1)
 
 
+def length_groups(lengths: torch.Tensor, max_groups: int) -> list[torch.Tensor]:
+    """Split chunks into at most `max_groups` groups of similar length that minimise the padded tokens.
+
+    lengths (N,) -> index tensors, one per group. The chunks are sorted longest first; each group is a contiguous run
+    of that order and costs (its size x its longest); the boundaries come from an exact dynamic programme (N is at most
+    a batch's real chunks, a few hundred). A group costs one more encoder call, hence the cap.
+    """
+    order = torch.argsort(lengths, descending=True, stable=True)
+    n = len(order)
+    if max_groups <= 1 or n <= 1:
+        return [order]
+    ln = lengths[order].to(torch.float64).numpy()  # sorted, longest first: group [i, j) costs (j - i) * ln[i]
+    k = min(max_groups, n)
+    best = np.arange(n + 1) * ln[0]  # best[j]: the first j chunks in at most g groups (g = 1 here)
+    cuts = [np.zeros(n + 1, dtype=np.int64)]  # cuts[g - 1][j]: where the last group of that best starts
+    for _ in range(1, k):
+        new, arg = best.copy(), np.zeros(n + 1, dtype=np.int64)
+        for j in range(2, n + 1):  # the last group is [i, j); i = 0 means one group (best[0] = 0)
+            i = np.arange(j)
+            cost = best[i] + (j - i) * ln[i]
+            arg[j] = int(np.argmin(cost))
+            new[j] = cost[arg[j]]
+        best, cuts = new, [*cuts, arg]
+    bounds, j = [], n
+    for arg in reversed(cuts):  # walk back from the last group
+        i = int(arg[j])
+        bounds.append((i, j))
+        j = i
+        if j == 0:
+            break
+    return [order[i:j] for i, j in reversed(bounds)]
+
+
+class FastDropout(nn.Dropout):
+    """nn.Dropout whose mask is drawn 16 bits at a time: three masks from each 64-bit random draw.
+
+    torch's own CPU dropout draws one 64-bit number per element (serially on AMD CPUs, where the MKL path is not
+    taken); this draws a third as many. The keep probability is rounded to a multiple of 1/65536. Eval: identity.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return super().forward(x)
+        n = x.numel()
+        bits = torch.empty(-(-n // 3), dtype=torch.int64).random_()  # uniform on [0, 2^63): the top bit is always 0
+        lanes = bits.view(torch.int16).view(-1, 4)[:, :3]  # the three low 16-bit lanes, each uniform on [-32768, 32767]
+        keep = (lanes >= -32768 + round(self.p * 65536)).reshape(-1)[:n].view(x.shape)
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
+def set_dropout(backbone: nn.Module, hidden: float | None, attention: float | None, fast: bool) -> None:
+    """Set a Hugging Face encoder's dropout: `hidden` on every dropout module but the attention probabilities',
+    `attention` on those (a module named `...attention.self.dropout`, whose p SDPA reads); None keeps the backbone's.
+    `fast`: hidden dropout modules become `FastDropout` (same p); False turns them back into nn.Dropout."""
+    for name, module in list(backbone.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, nn.Dropout):
+                continue
+            is_attention = f"{name}.{child_name}".endswith("attention.self.dropout")
+            p = attention if is_attention else hidden
+            if p is not None:
+                child.p = p
+            if not is_attention and fast != isinstance(child, FastDropout):
+                setattr(module, child_name, (FastDropout if fast else nn.Dropout)(child.p))
+    config = getattr(backbone, "config", None)
+    if config is not None:  # keep the config truthful (a copy rebuilt from it gets the same rates)
+        if hidden is not None and hasattr(config, "hidden_dropout_prob"):
+            config.hidden_dropout_prob = hidden
+        if attention is not None and hasattr(config, "attention_probs_dropout_prob"):
+            config.attention_probs_dropout_prob = attention
+
+
 class TextEncoder(nn.Module):
-    def __init__(self, backbone: nn.Module, frozen: bool = False, pack_chunks: bool = True) -> None:
+    def __init__(self, backbone: nn.Module, frozen: bool = False, pack_chunks: bool = True, *, pack_groups: int = 4) -> None:
         super().__init__()
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # we pool ourselves; an unused pooler would only cost time and hold dead weights
@@ -85,6 +162,7 @@ class TextEncoder(nn.Module):
         self.hidden_size: int = backbone.config.hidden_size
         self.frozen = frozen
         self.pack_chunks = pack_chunks  # False encodes padding chunks too (same result): used for ONNX export
+        self.pack_groups = pack_groups  # packed real chunks are encoded in at most this many length groups
         if frozen:
             backbone.requires_grad_(False)
 
@@ -110,10 +188,12 @@ class TextEncoder(nn.Module):
         real = chunk_mask.reshape(-1).nonzero().squeeze(-1)  # indices of real chunks
         out = torch.zeros(b * c, self.hidden_size, device=ids.device, dtype=torch.float32)
         if real.numel():
-            att_real = att[real]
-            longest = int(att_real.sum(-1).max())  # trim token padding to the longest real chunk
-            emb = self.encode(ids[real, :longest], att_real[:, :longest])
-            out = out.index_copy(0, real, emb.to(out.dtype))
+            lengths = att[real].sum(-1)
+            for group in length_groups(lengths.cpu(), self.pack_groups):
+                rows = real[group.to(real.device)]
+                longest = int(lengths[group].max())  # trim token padding to the group's longest chunk
+                emb = self.encode(ids[rows, :longest], att[rows, :longest])
+                out = out.index_copy(0, rows, emb.to(out.dtype))
         return out.reshape(b, c, -1)
 
     def forward(self, input_ids, attention_mask, chunk_mask) -> tuple[torch.Tensor, torch.Tensor]:

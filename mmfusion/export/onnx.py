@@ -1,7 +1,9 @@
-"""Exporting a trained model to ONNX.
+"""Exporting a trained model to ONNX as one graph, and what both exports share.
 
     export_onnx(model, batch, path)  raw inputs (token ids, attention masks, chunk mask, numeric, categorical) ->
-                                     probs, modality_weights[, expert_weights]; dynamic batch, chunk and token axes
+                                     probs, modality_weights[, expert_weights]; dynamic batch, chunk and token axes;
+                                     every padding chunk encoded: what runs exported before `packed.py` (the bench
+                                     compares against it)
     add_metadata(path, metadata)     `mmfusion.*` metadata in the file; -> its sha256
     quantize_onnx(src, dst)          int8 dynamic quantization (onnxruntime.quantization)
 

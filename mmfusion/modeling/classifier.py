@@ -10,6 +10,7 @@ from torch import nn
 from mmfusion.config import ModelConfig
 from mmfusion.encoders import AttentionChunkPool, TabularEncoder, TextEncoder, masked_chunk_mean
 from mmfusion.encoders.partial import cached_chunks, check_text_layers, encoder_layers, frozen_lower
+from mmfusion.encoders.text import set_dropout
 from mmfusion.fusion import Fusion, create_fusion
 
 
@@ -117,8 +118,9 @@ def blank_modalities(batch: dict[str, torch.Tensor], no_text: torch.Tensor, no_t
 
 
 def build_model(cfg: ModelConfig, backbone: nn.Module, n_numeric: int, cardinalities: list[int], n_classes: int, n_text_columns: int = 1) -> MultimodalClassifier:
+    set_dropout(backbone, cfg.text_dropout, cfg.text_attention_dropout, cfg.fast_dropout)
     layers = cfg.train_text_layers
-    text = TextEncoder(backbone, frozen=layers == 0)
+    text = TextEncoder(backbone, frozen=layers == 0, pack_groups=cfg.pack_groups)
     text_lower = None
     if isinstance(layers, int) and layers > 0:
         n_layers = len(encoder_layers(backbone))

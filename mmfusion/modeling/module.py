@@ -59,7 +59,8 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.A
         key = (encoder, decay)
         groups.setdefault(key, {"params": [], "lr": optim.encoder_lr if encoder else optim.lr, "weight_decay": optim.weight_decay if decay else 0.0})
         groups[key]["params"].append(p)
-    return torch.optim.AdamW(list(groups.values()))
+    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[optim.adamw_impl]
+    return torch.optim.AdamW(list(groups.values()), **impl)
 
 
 class FusionClassifierModule(L.LightningModule):

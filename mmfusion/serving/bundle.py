@@ -33,6 +33,7 @@ from mmfusion.hashing import sha256_file
 from mmfusion.progress import progress
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 from mmfusion.serving.logged_models import logged_model_id
+from mmfusion.serving.streaming import length_order
 from mmfusion.tracking.artifacts import ArtifactError, get_run, reading
 from mmfusion.tracking.contract import Tag
 
@@ -134,26 +135,41 @@ class Predictor:
         self.model.eval()
         self.chunker = DialogueChunker(self.tokenizer, self.cfg.data.max_chunks, self.cfg.data.chunk_len)
 
+    def check_columns(self, frame: pd.DataFrame, source: str) -> None:
+        """DataError naming the first missing column or non-numeric value (the columns the model was trained on)."""
+        from mmfusion.data.table import check_columns, check_numeric
+
+        check_columns(frame, [*self.pre.texts, *self.pre.numeric, *self.pre.categorical], source)
+        check_numeric(frame, list(self.pre.numeric), source)
+
     def batch(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
         numeric, categorical = self.pre.transform(frame)
         chunks, columns = self.chunker.chunk_columns(frame, self.pre.texts)
-        items = [{"chunks": c, "chunk_column": columns[i], "numeric": numeric[i], "categorical": categorical[i], "label": 0, "modality": -1, "index": i} for i, c in enumerate(chunks)]
+        return self._collate(chunks, columns, numeric, categorical, range(len(frame)))
+
+    def _collate(self, chunks, columns, numeric, categorical, rows) -> dict[str, torch.Tensor]:
+        items = [{"chunks": chunks[i], "chunk_column": columns[i], "numeric": numeric[i], "categorical": categorical[i], "label": 0, "modality": -1, "index": i} for i in rows]
         return collate(items, self.tokenizer.pad_token_id or 0)
 
     @torch.inference_mode()
-    def predict(self, frame: pd.DataFrame, batch_size: int = 64) -> pd.DataFrame:
-        rows = []
-        for start in progress(range(0, len(frame), batch_size), f"scoring {len(frame)} rows", unit="batches"):
-            part = frame.iloc[start : start + batch_size]
-            b = self.batch(part)
+    def predict(self, frame: pd.DataFrame, batch_size: int = 64, show_progress: bool = True) -> pd.DataFrame:
+        """Rows -> predictions in the same order; scored in batches of similar length (sorted by token count, so a
+        batch pads little), the order restored after."""
+        numeric, categorical = self.pre.transform(frame)
+        chunks, columns = self.chunker.chunk_columns(frame, self.pre.texts)
+        order = length_order(chunks)
+        probs, weights = np.zeros((len(frame), len(self.pre.classes)), np.float32), np.zeros((len(frame), 2), np.float32)
+        starts = range(0, len(frame), batch_size)
+        for start in progress(starts, f"scoring {len(frame)} rows", unit="batches") if show_progress else starts:
+            rows = order[start : start + batch_size]
+            b = self._collate(chunks, columns, numeric, categorical, rows)
             out = self.model(b["input_ids"], b["attention_mask"], b["chunk_mask"], b["numeric"], b["categorical"], chunk_column=b["chunk_column"])
-            probs = out.logits.float().softmax(-1).numpy()
-            df = pd.DataFrame({"pred": np.asarray(self.pre.classes)[probs.argmax(1)]})
-            for k, c in enumerate(self.pre.classes):
-                df[f"prob_{c}"] = probs[:, k]
-            df["w_text"], df["w_tab"] = out.modality_weights[:, 0].numpy(), out.modality_weights[:, 1].numpy()
-            rows.append(df)
-        result = pd.concat(rows, ignore_index=True)
+            probs[rows] = out.logits.float().softmax(-1).numpy()
+            weights[rows] = out.modality_weights.float().numpy()
+        result = pd.DataFrame({"pred": np.asarray(self.pre.classes)[probs.argmax(1)] if len(frame) else []})
+        for k, c in enumerate(self.pre.classes):
+            result[f"prob_{c}"] = probs[:, k]
+        result["w_text"], result["w_tab"] = weights[:, 0], weights[:, 1]
         if self.pre.id_column and self.pre.id_column in frame.columns:
             result.insert(0, "id", frame[self.pre.id_column].astype(str).to_numpy())
         return result

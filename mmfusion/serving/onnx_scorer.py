@@ -1,8 +1,12 @@
 """Scoring new rows with onnxruntime alone, from the files a run logged.
 
-    OnnxScorer(path)(batch)          an onnxruntime session that takes collate()-style batches (numpy or torch)
     OnnxPredictor(model, artifacts)  raw rows -> predictions, after checking the files belong together
     download_onnx(run_id, dst)       a run's ONNX model and `onnx/` artifacts
+    (OnnxScorer, PackedScorer: the onnxruntime sessions, in `onnx_session.py`; re-exported here)
+
+A run exported since the packed export holds two graphs: the logged model's model.onnx is the chunk encoder and
+`Artifact.ONNX_HEAD` the fusion + head; onnx_meta.json records both sha256 (`model_sha256`, `head_sha256`). A run
+exported before holds one whole-model graph (model.onnx, `model_sha256` only) and is scored as it always was.
 
 The export side (`mmfusion.export`) writes these files and imports this module; this module imports nothing from it.
 
@@ -17,12 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from mmfusion.errors import DataError
 from mmfusion.hashing import sha256_bytes, sha256_file
 from mmfusion.progress import progress
 from mmfusion.serving.logged_models import logged_model_id
+from mmfusion.serving.onnx_session import ONNX_DTYPES, OnnxScorer, PackedScorer
+from mmfusion.serving.streaming import length_order
 from mmfusion.tracking.artifacts import ArtifactError, reading
 from mmfusion.tracking.contract import Artifact, Tag
 
@@ -33,48 +38,9 @@ if TYPE_CHECKING:
 META_FILE, PARITY_FILE, INT8_FILE = Artifact.ONNX_META, Artifact.ONNX_PARITY, Artifact.ONNX_INT8  # names: tracking/contract.py
 PREPROCESSING_FILE, TOKENIZER_DIR = Artifact.PREPROCESSING, Artifact.ONNX_TOKENIZER
 ONNX_MODEL_NAME, INT8_MODEL_NAME = Artifact.ONNX_MODEL, Artifact.ONNX_INT8_MODEL
-ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(double)": np.float64}  # input type -> numpy
+HEAD_FILE = Artifact.ONNX_HEAD  # the head graph, beside the encoder graph in the logged model (packed export)
 
-
-class OnnxScorer:
-    """An onnxruntime session over an exported model: `scorer(batch) -> {"probs", "modality_weights"[, "expert_weights"]}`.
-
-    `batch` is a collate()-style dict (numpy arrays or torch tensors); extra keys are ignored.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> None:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types for unreadable models
-            raise ArtifactError(f"{path}: not a loadable ONNX model ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-
-    def _feed(self, batch: dict) -> dict[str, np.ndarray]:
-        feed = {}
-        for name, info in self.inputs.items():
-            if name not in batch:
-                raise DataError(f"ONNX input {name!r} is missing from the batch (has: {', '.join(batch)})")
-            value = batch[name]
-            value = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            value = np.ascontiguousarray(value, dtype=ONNX_DTYPES.get(info.type, value.dtype))
-            for axis, (want, got) in enumerate(zip(info.shape, value.shape)):
-                if isinstance(want, int) and want != got:
-                    raise ArtifactError(
-                        f"ONNX input {name!r} has {got} values on axis {axis} but the model expects {want}: "
-                        "the preprocessing does not match the exported model"
-                    )
-            feed[name] = value
-        return feed
-
-    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, self._feed(batch))))
+__all__ = ["FastTokenizer", "ONNX_DTYPES", "OnnxPredictor", "OnnxScorer", "PackedScorer", "download_onnx", "numpy_batch", "scores_frame"]
 
 
 class FastTokenizer:
@@ -127,9 +93,10 @@ def scores_frame(outputs: dict[str, np.ndarray], classes: list[str]) -> "pd.Data
 
 
 class OnnxPredictor:
-    """Scores raw rows from a folder holding model.onnx, onnx_meta.json, preprocessing.json and tokenizer/.
+    """Scores raw rows from a folder holding model.onnx (+ the head graph, packed export), onnx_meta.json,
+    preprocessing.json and tokenizer/.
 
-    Checks before scoring that the files belong together: the model's sha256 is the one recorded at export, and
+    Checks before scoring that the files belong together: each graph's sha256 is the one recorded at export, and
     preprocessing.json is the one the model was exported with.
     """
 
@@ -138,10 +105,10 @@ class OnnxPredictor:
         from mmfusion.data.chunking import DialogueChunker
         from mmfusion.data.tabular import TabularPreprocessor
 
-        artifacts = Path(artifacts)
+        artifacts, model_path = Path(artifacts), Path(model_path)
         meta_file = artifacts / META_FILE
         name = lambda p, folder: f"{source}: {folder}{Path(p).name}" if source else str(p)  # noqa: E731
-        meta_name, model_name = name(meta_file, "onnx/"), name(model_path, "logged model ")
+        meta_name = name(meta_file, "onnx/")
         if not meta_file.is_file():
             raise ArtifactError(f"{meta_name}: missing; was the run exported (export.onnx=true or `mmfusion export`)?")
         try:
@@ -151,16 +118,16 @@ class OnnxPredictor:
             raise ArtifactError(f"{meta_name}: not a valid {META_FILE} ({type(err).__name__}: {err})") from None
         if missing:
             raise ArtifactError(f"{meta_name}: not a valid {META_FILE} (no {', '.join(missing)})")
-        if not Path(model_path).is_file():
-            raise ArtifactError(f"{model_name}: the ONNX model file is missing from the run's logged model")
-        digest, expected = sha256_file(model_path), self.meta.get("int8_model_sha256" if int8 else "model_sha256")
+        expected = self.meta.get("int8_model_sha256" if int8 else "model_sha256")
         if expected is None:
             raise ArtifactError(f"{meta_name}: the latest export of this run made no {'int8' if int8 else 'fp32'} model; run `mmfusion export` again")
-        if digest != expected:
-            raise ArtifactError(f"{model_name}: sha256 {digest[:12]}... differs from the exported model's {expected[:12]}...: the ONNX file was modified")
+        _verify(model_path, expected, name(model_path, "logged model "))
+        head = model_path.parent / HEAD_FILE
+        if "head_sha256" in self.meta:  # the packed export: the head graph is checked like the encoder
+            _verify(head, self.meta["head_sha256"], name(head, f"logged model {Path(HEAD_FILE).parent}/"))
         pre_file = artifacts / PREPROCESSING_FILE
         pre_text = pre_file.read_text() if pre_file.is_file() else ""
-        self.scorer = OnnxScorer(model_path, threads)
+        self.scorer = PackedScorer(model_path, head, threads) if "head_sha256" in self.meta else OnnxScorer(model_path, threads)
         expected = self.scorer.metadata.get(Tag.PREPROCESSING_SHA256)
         if sha256_bytes(pre_text.encode()) != expected:
             raise ArtifactError(f"{name(pre_file, 'onnx/')}: does not match the preprocessing the ONNX model was exported with (sha256 mismatch)")
@@ -180,20 +147,37 @@ class OnnxPredictor:
         check_columns(frame, [*self.pre.texts, *self.pre.numeric, *self.pre.categorical], source)
         check_numeric(frame, list(self.pre.numeric), source)
 
-    def predict(self, frame: "pd.DataFrame", batch_size: int = 64) -> "pd.DataFrame":
-        import pandas as pd
-
+    def predict(self, frame: "pd.DataFrame", batch_size: int = 64, show_progress: bool = True) -> "pd.DataFrame":
+        """Rows -> predictions in the same order. Rows are scored in batches of similar length (sorted by token
+        count), so a batch pads little; the order is restored after."""
+        numeric, categorical = self.pre.transform(frame)
+        chunks, columns = self.chunker.chunk_columns(frame, self.pre.texts)
+        order = length_order(chunks)
         parts = []
-        for start in progress(range(0, len(frame), batch_size), f"scoring {len(frame)} rows (ONNX Runtime)", unit="batches"):
-            part = frame.iloc[start : start + batch_size]
-            numeric, categorical = self.pre.transform(part)
-            chunks, columns = self.chunker.chunk_columns(part, self.pre.texts)
-            batch = numpy_batch(chunks, numeric, categorical, self.meta["pad_id"], columns)
-            parts.append(scores_frame(self.scorer(batch), self.pre.classes))
-        result = pd.concat(parts, ignore_index=True) if parts else scores_frame({"probs": np.zeros((0, len(self.pre.classes))), "modality_weights": np.zeros((0, 2))}, self.pre.classes)
+        starts = range(0, len(frame), batch_size)
+        for start in progress(starts, f"scoring {len(frame)} rows (ONNX Runtime)", unit="batches") if show_progress else starts:
+            rows = order[start : start + batch_size]
+            batch = numpy_batch([chunks[i] for i in rows], numeric[rows], categorical[rows], self.meta["pad_id"], [columns[i] for i in rows])
+            parts.append(self.scorer(batch))
+        if parts:
+            outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            restore = np.empty_like(order)
+            restore[order] = np.arange(len(order))  # sorted position of each input row
+            result = scores_frame({k: v[restore] for k, v in outputs.items()}, self.pre.classes)
+        else:
+            result = scores_frame({"probs": np.zeros((0, len(self.pre.classes))), "modality_weights": np.zeros((0, 2))}, self.pre.classes)
         if self.pre.id_column and self.pre.id_column in frame.columns:
             result.insert(0, "id", frame[self.pre.id_column].astype(str).to_numpy())
         return result
+
+
+def _verify(path: Path, expected: str, shown: str) -> None:
+    """ArtifactError unless the file at `path` exists and has the sha256 recorded at export."""
+    if not path.is_file():
+        raise ArtifactError(f"{shown}: the ONNX model file is missing from the run's logged model")
+    digest = sha256_file(path)
+    if digest != expected:
+        raise ArtifactError(f"{shown}: sha256 {digest[:12]}... differs from the exported model's {expected[:12]}...: the ONNX file was modified")
 
 
 def download_onnx(run_id: str, dst: str | Path, int8: bool = False) -> tuple[Path, Path]:

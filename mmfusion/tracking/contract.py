@@ -63,6 +63,9 @@ class Artifact:
     ONNX_MODEL, ONNX_INT8_MODEL = "model_onnx", "model_onnx_int8"
     ONNX_META, ONNX_PARITY, ONNX_INT8 = "onnx_meta.json", "onnx_parity.json", "onnx_int8.json"
     ONNX_TOKENIZER = "tokenizer"
+    # the packed export: the LoggedModel's model.onnx is the chunk-encoder graph, the fusion + head graph rides along
+    # as an MLflow extra file (runs exported before it hold one whole-model graph as model.onnx and no head)
+    ONNX_HEAD = "extra_files/head.onnx"
 
 
 def model_name_problem(name: str) -> str | None:

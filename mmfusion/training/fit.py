@@ -29,7 +29,7 @@ from mmfusion.encoders import load_text_backbone
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 from mmfusion.modeling.module import FusionClassifierModule
 from mmfusion.training.callbacks import LastCheckpoint, MemoryReport, SamplerEpoch
-from mmfusion.training.hardware import resolve_precision, world_size
+from mmfusion.training.hardware import apply_threads, resolve_precision, world_size
 
 log = logging.getLogger(__name__)
 for _noise in (r".*module\(s\) in eval mode.*", r".*predict returned None.*", r".*smaller than the logging interval.*", r".*does not have many workers.*", r".*LeafSpec.*", r".*sync_dist=True.*"):
@@ -99,6 +99,7 @@ def fit(
     """
     if cfg.trainer.checkpoints and checkpoint_dir is None:
         raise ValueError("fit: trainer.checkpoints is on but no checkpoint_dir was given")
+    apply_threads(cfg.trainer.threads)
     backbone = load_text_backbone(cfg.model.text_encoder)
     n_classes = len(data.preprocessor.classes)
     model = build_model(cfg.model, backbone, data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, n_classes, len(data.preprocessor.texts))

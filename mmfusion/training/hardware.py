@@ -44,6 +44,13 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if bf16_supported(accelerator) else "32-true"
 
 
+def apply_threads(threads: int | None) -> int:
+    """Set this process's intra-op CPU threads (`trainer.threads`; None leaves torch's default) -> the count in use."""
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def describe() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"CPU: {cpu_name()} ({torch.get_num_threads()} threads, bf16 {'yes' if bf16_supported('cpu') else 'no'}); {gpu}"

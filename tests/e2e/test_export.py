@@ -1,5 +1,6 @@
-"""ONNX export: numeric parity with PyTorch for every fusion variant, tamper detection, and scoring from a run's
-artifacts with onnxruntime alone (`predict --onnx`) against the PyTorch predictions the run logged."""
+"""ONNX export: numeric parity with PyTorch for every fusion variant (the packed pair, and the single graph of older
+runs), tamper detection, and scoring from a run's artifacts with onnxruntime alone (`predict --onnx`) against the
+PyTorch predictions the run logged."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from mmfusion.config import load_config
 from mmfusion.data.datamodule import prepare_data
 from mmfusion.encoders import load_text_backbone, load_tokenizer
 from mmfusion.errors import DataError
-from mmfusion.export import ParityError, check_parity, export_onnx, parity_batches, quantize_onnx
+from mmfusion.export import ParityError, check_parity, export_onnx, export_packed, parity_batches, quantize_onnx
 from mmfusion.serving.logged_models import logged_model_id
-from mmfusion.serving.onnx_scorer import OnnxPredictor, OnnxScorer, download_onnx
+from mmfusion.serving.onnx_scorer import OnnxPredictor, OnnxScorer, PackedScorer, download_onnx
 from mmfusion.tracking.artifacts import ArtifactError
 from mmfusion.fusion import list_fusions
 from mmfusion.modeling.classifier import build_model
@@ -57,7 +58,7 @@ def test_every_fusion_exports_with_parity(fusion, tiny_data, tmp_path):
     name, pooling = (fusion.split(":") + [""])[:2]
     model = _model(cfg, data, name, **({"chunk_pooling": pooling} if pooling else {}))
     batches = parity_batches(data.splits["test"], tokenizer.pad_token_id, batch_size=8)
-    scorer = OnnxScorer(export_onnx(model, batches[0], tmp_path / "m.onnx"))
+    scorer = PackedScorer(*export_packed(model, batches[0], tmp_path))
     assert model.training  # the export works on a copy: the trained model is left as it was
     report = check_parity(model, scorer, batches, tolerance=1e-4)
     assert report["passed"] and report["max_abs_diff"] <= 1e-4
@@ -69,15 +70,26 @@ def test_every_fusion_exports_with_parity(fusion, tiny_data, tmp_path):
     assert ("expert_weights" in out) == (type(model.fusion).expert_modalities(model.fusion.options) is not None)
 
 
+@pytest.mark.parametrize("fusion", ["gate", "moe_topk"])
+def test_the_single_graph_export_of_older_runs_keeps_parity(fusion, tiny_data, tmp_path):
+    cfg, data, tokenizer = tiny_data
+    model = _model(cfg, data, fusion)
+    batches = parity_batches(data.splits["test"], tokenizer.pad_token_id, batch_size=8)
+    assert check_parity(model, OnnxScorer(export_onnx(model, batches[0], tmp_path / "m.onnx")), batches)["passed"]
+
+
 def test_export_from_a_batch_of_one_keeps_axes_dynamic(tiny_data, tmp_path):
     cfg, data, tokenizer = tiny_data
     model = _model(cfg, data, "attention")
     one = parity_batches(data.splits["test"], tokenizer.pad_token_id)[3]  # one sample, no text: a single padding chunk
     assert one["chunk_mask"].shape == (1, 1)
-    scorer = OnnxScorer(export_onnx(model, one, tmp_path / "m.onnx"))
-    assert [i.shape[:1] for i in scorer.session.get_inputs()] == [["batch"]] * 5
-    assert scorer.session.get_inputs()[0].shape == ["batch", "chunks", "tokens"]
+    scorer = PackedScorer(*export_packed(model, one, tmp_path))
+    assert [i.shape for i in scorer.encoder.session.get_inputs()] == [["chunks", "tokens"]] * 2
+    assert [i.shape[:1] for i in scorer.head.session.get_inputs()] == [["batch"]] * 4
+    assert scorer.head.session.get_inputs()[0].shape[:2] == ["batch", "chunks"]
     check_parity(model, scorer, parity_batches(data.splits["val"], tokenizer.pad_token_id))
+    single = OnnxScorer(export_onnx(model, one, tmp_path / "m.onnx"))  # the single graph too
+    assert single.session.get_inputs()[0].shape == ["batch", "chunks", "tokens"]
 
 
 def test_table_without_tabular_columns_exports(tiny_bert, tmp_path):
@@ -90,7 +102,7 @@ def test_table_without_tabular_columns_exports(tiny_bert, tmp_path):
     assert data.splits["test"].numeric.shape[1] == 0 and data.splits["test"].categorical.shape[1] == 0
     model = _model(cfg, data, "gate")
     batches = parity_batches(data.splits["test"], tokenizer.pad_token_id)
-    report = check_parity(model, OnnxScorer(export_onnx(model, batches[0], tmp_path / "m.onnx")), batches)
+    report = check_parity(model, PackedScorer(*export_packed(model, batches[0], tmp_path)), batches)
     assert report["passed"] and report["samples_without_text_checked"] >= 2
 
 
@@ -99,35 +111,35 @@ def concat_export(tiny_data, tmp_path_factory):
     cfg, data, tokenizer = tiny_data
     model = _model(cfg, data, "concat")
     batches = parity_batches(data.splits["test"], tokenizer.pad_token_id)
-    return model, batches, export_onnx(model, batches[0], tmp_path_factory.mktemp("concat") / "m.onnx")
+    return model, batches, export_packed(model, batches[0], tmp_path_factory.mktemp("concat"))
 
 
 def test_tampered_weights_fail_parity_loudly(concat_export, tmp_path):
-    model, batches, path = concat_export
-    proto = onnx.load(str(path))
+    model, batches, files = concat_export
+    proto = onnx.load(str(files.head))
     head_bias = next(t for t in proto.graph.initializer if t.name.endswith("head.bias"))
     values = onnx.numpy_helper.to_array(head_bias).copy()
     values[0] += 0.5
     head_bias.CopyFrom(onnx.numpy_helper.from_array(values, head_bias.name))
     onnx.save(proto, str(tmp_path / "tampered.onnx"))
     with pytest.raises(ParityError, match="does not match PyTorch") as err:
-        check_parity(model, OnnxScorer(tmp_path / "tampered.onnx"), batches)
+        check_parity(model, PackedScorer(files.encoder, tmp_path / "tampered.onnx"), batches)
     assert err.value.report["passed"] is False and err.value.report["max_abs_diff_probs"] > 1e-2
 
 
 def test_quantized_model_stays_close(concat_export, tmp_path):
-    _, batches, path = concat_export
-    q = quantize_onnx(path, tmp_path / "q.onnx")
-    assert q.stat().st_size < path.stat().st_size / 2
-    fp32, int8 = OnnxScorer(path)(batches[0]), OnnxScorer(q)(batches[0])
+    _, batches, files = concat_export
+    q = quantize_onnx(files.encoder, tmp_path / "q.onnx")
+    assert q.stat().st_size < files.encoder.stat().st_size / 2
+    fp32, int8 = PackedScorer(*files)(batches[0]), PackedScorer(q, files.head)(batches[0])
     assert set(int8) == set(fp32)
     assert np.abs(int8["probs"] - fp32["probs"]).max() < 0.1  # approximate, not equal: its figures are logged
 
 
 def test_scorer_rejects_preprocessing_of_another_width(concat_export):
-    _, batches, path = concat_export
+    _, batches, files = concat_export
     with pytest.raises(ArtifactError, match="'numeric' has 9 values on axis 1 but the model expects 10"):
-        OnnxScorer(path)({**batches[0], "numeric": batches[0]["numeric"][:, :9]})
+        PackedScorer(*files)({**batches[0], "numeric": batches[0]["numeric"][:, :9]})
 
 
 def test_log_onnx_fails_loudly_and_records_the_failed_parity(tiny_data, mlflow_uri, monkeypatch):
@@ -172,17 +184,22 @@ def test_train_logs_onnx_with_parity(onnx_run, tmp_path):
     assert parity["passed"] and parity["batch_of_one_checked"] and parity["max_abs_diff_expert_weights"] <= 1e-4
     files = {a.path for a in client.list_artifacts(result.run_id, "onnx")} | {a.path for a in client.list_artifacts(result.run_id, "onnx/tokenizer")}
     assert {"onnx/onnx_parity.json", "onnx/onnx_int8.json", "onnx/preprocessing.json", "onnx/onnx_meta.json", "onnx/tokenizer/tokenizer.json"} <= files
-    # the MLflow ONNX flavour: signature with dynamic axes, and it scores its own input example
+    # the MLflow ONNX flavour over the chunk encoder (signature with dynamic axes; it scores its own input example),
+    # the head graph beside it; onnx_meta.json holds both graphs' sha256
     model_id = logged_model_id(result.run_id, "model_onnx")
     info = mlflow.models.get_model_info(f"models:/{model_id}")
     inputs = {s.name: s.shape for s in info.signature.inputs.inputs}
-    assert inputs["input_ids"] == (-1, -1, -1) and inputs["numeric"] == (-1, 10)
-    assert {s.name for s in info.signature.outputs.inputs} == {"probs", "modality_weights", "expert_weights"}
-    local = mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path))
-    pyfunc = mlflow.pyfunc.load_model(local)
-    example = mlflow.models.Model.load(local).load_input_example(local)
+    assert inputs == {"input_ids": (-1, -1), "attention_mask": (-1, -1)}
+    assert {s.name for s in info.signature.outputs.inputs} == {"chunk_embeddings"}
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path)))
+    pyfunc = mlflow.pyfunc.load_model(str(local))
+    example = mlflow.models.Model.load(str(local)).load_input_example(str(local))
     out = pyfunc.predict({k: np.asarray(v) for k, v in example.items()})
-    assert out["probs"].shape == (len(example["chunk_mask"]), 2)
+    assert out["chunk_embeddings"].shape == (len(example["input_ids"]), 32)
+    head = OnnxScorer(local / "extra_files" / "head.onnx")
+    assert {"probs", "modality_weights", "expert_weights"} == set(head.output_names) and head.inputs["numeric"].shape == ["batch", 10]
+    meta = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/onnx/onnx_meta.json"))
+    assert meta["format"] == "packed" and {"model_sha256", "head_sha256", "int8_model_sha256"} <= set(meta)
 
 
 def test_predict_onnx_without_torch_matches_the_run(onnx_run, tmp_path):

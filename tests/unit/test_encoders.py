@@ -48,10 +48,98 @@ def test_padding_chunks_are_not_encoded(encoder, monkeypatch):
     seen = []
     original = encoder.encode
     monkeypatch.setattr(encoder, "encode", lambda ids, att: seen.append(ids.shape) or original(ids, att))
+    monkeypatch.setattr(encoder, "pack_groups", 1)
     b = batch_of(SAMPLES)
     encoder(b["input_ids"], b["attention_mask"], b["chunk_mask"])
     n_real = sum(len(s) for s in SAMPLES)
     assert seen == [torch.Size([n_real, max(len(c) for s in SAMPLES for c in s)])]
+
+
+def test_length_groups_encode_each_group_at_its_own_longest(encoder, monkeypatch):
+    seen = []
+    original = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda ids, att: seen.append((ids.shape, att.sum(-1).tolist())) or original(ids, att))
+    b = batch_of(SAMPLES)
+    encoder(b["input_ids"], b["attention_mask"], b["chunk_mask"])
+    lengths = sorted((len(c) for s in SAMPLES for c in s), reverse=True)  # 7 5 4 3 3 3 (no padding chunk)
+    assert 1 < len(seen) <= encoder.pack_groups
+    assert sorted(n for _, ls in seen for n in ls) == sorted(lengths)  # every real chunk once, whole
+    for shape, ls in seen:
+        assert shape[1] == max(ls)  # padded to the group's own longest
+    assert sum(s[0] * s[1] for s, _ in seen) < len(lengths) * lengths[0]
+
+
+def test_length_groups_are_optimal_and_cover_every_chunk():
+    from itertools import combinations
+
+    from mmfusion.encoders.text import length_groups
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        n, k = int(torch.randint(1, 9, (), generator=g)), int(torch.randint(1, 5, (), generator=g))
+        lengths = torch.randint(1, 30, (n,), generator=g)
+        groups = length_groups(lengths, k)
+        assert len(groups) <= k and torch.equal(torch.cat(groups).sort().values, torch.arange(n))
+        s = lengths.sort(descending=True).values.tolist()
+        brute = min(sum((b[i + 1] - b[i]) * s[b[i]] for i in range(len(b) - 1))
+                    for m in range(min(k, n)) for cut in combinations(range(1, n), m) for b in [[0, *cut, n]])
+        assert sum(len(x) * int(lengths[x].max()) for x in groups) == brute
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_grouped_packing_equals_the_unpacked_encoder(tiny_bert, groups):
+    """Training mode with dropout off: each group padded to its own longest gives the unpacked encoder's chunks."""
+    from mmfusion.encoders.text import set_dropout
+
+    backbone = AutoModel.from_pretrained(tiny_bert)
+    set_dropout(backbone, 0.0, 0.0, fast=True)
+    enc = TextEncoder(backbone, pack_groups=groups).train()
+    torch.manual_seed(0)
+    samples = [[[101, *torch.randint(1000, 2000, (int(n),)).tolist(), 102] for n in torch.randint(1, 40, (int(c),))] for c in torch.randint(0, 5, (12,))]
+    b = batch_of(samples)
+    packed = enc.encode_chunks(b["input_ids"], b["attention_mask"], b["chunk_mask"])
+    enc.pack_chunks = False
+    unpacked = enc.encode_chunks(b["input_ids"], b["attention_mask"], b["chunk_mask"])
+    torch.testing.assert_close(packed, unpacked, atol=1e-5, rtol=1e-5)
+    packed.sum().backward()  # gradients flow through every group
+    assert backbone.embeddings.word_embeddings.weight.grad is not None
+
+
+def test_set_dropout_sets_hidden_and_attention_rates(tiny_bert):
+    from mmfusion.encoders.text import FastDropout, set_dropout
+
+    backbone = AutoModel.from_pretrained(tiny_bert)
+    set_dropout(backbone, 0.2, 0.0, fast=True)
+    drops = {n: m for n, m in backbone.named_modules() if isinstance(m, torch.nn.Dropout)}
+    attention = {n for n in drops if n.endswith("attention.self.dropout")}
+    assert attention and all(drops[n].p == 0.0 and type(drops[n]) is torch.nn.Dropout for n in attention)
+    assert all(isinstance(m, FastDropout) and m.p == 0.2 for n, m in drops.items() if n not in attention)
+    assert backbone.config.hidden_dropout_prob == 0.2 and backbone.config.attention_probs_dropout_prob == 0.0
+    set_dropout(backbone, 0.1, None, fast=False)  # back to torch's dropout; None keeps the attention rate
+    assert not any(isinstance(m, FastDropout) for m in backbone.modules())
+    assert backbone.config.attention_probs_dropout_prob == 0.0
+
+
+def test_fast_dropout_drops_at_its_rate_and_scales():
+    from mmfusion.encoders.text import FastDropout
+
+    torch.manual_seed(0)
+    drop = FastDropout(0.1).train()
+    x = torch.ones(256, 1024)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.005  # 262,144 draws: s.e. 0.0006
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    assert not torch.equal(drop(x) != 0, kept)  # a new mask each call
+    rows = kept.float().mean(1)
+    assert rows.std() < 0.03  # no lane or row pattern: each row's share near 0.9 (binomial s.e. 0.009)
+    assert torch.equal(drop.eval()(x), x)
+    lanes = kept.reshape(-1)[: 3 * 87381].view(-1, 3).float().mean(0)  # each of a draw's three 16-bit lanes
+    assert torch.all((lanes - 0.9).abs() < 0.006)
+    x = torch.ones(7, 5, requires_grad=True)  # numel not a multiple of 3
+    y = drop.train()(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() / 0.9)
 
 
 def test_packed_equals_unpacked(encoder):
