@@ -75,7 +75,7 @@ def run_bench(cfg: Config, settings: BenchSettings, progress: Callable[[str], No
     warm_items = [train_ds[i] for i in range(min(cfg.trainer.batch_size, len(train_ds)))]  # one full batch
     backbone = load_text_backbone(cfg.model.text_encoder)
     own_dropout = (backbone.config.hidden_dropout_prob, backbone.config.attention_probs_dropout_prob)  # the reference's
-    model = build_model(cfg.model.model_copy(update={"freeze_text_encoder": False}), backbone, data.preprocessor.n_numeric_features,
+    model = build_model(cfg.model.model_copy(update={"train_text_layers": "all"}), backbone, data.preprocessor.n_numeric_features,
                         data.preprocessor.cardinalities, len(data.preprocessor.classes), len(data.preprocessor.texts))
     bf16 = resolve_precision(cfg.trainer.precision, "cpu") == "bf16-mixed"
     bs, c, t = cfg.trainer.batch_size, cfg.data.max_chunks, cfg.data.chunk_len

@@ -47,7 +47,7 @@ def side_config(cfg: Config, s: StudyBenchSettings, root: Path, name: str, lean:
     raw["study"] = study
     raw["data"]["synthetic"]["n_samples"] = s.samples
     raw["data"]["cache_dir"] = str(root / name / "cache") if lean else None
-    raw["model"]["freeze_text_encoder"] = True
+    raw["model"]["train_text_layers"] = 0  # frozen: the case the embedding cache serves
     raw["trainer"].update(max_epochs=s.epochs, checkpoints=False, enable_progress_bar=False)
     raw["tracking"].update(uri=f"sqlite:///{root / name / 'mlflow.db'}", experiment=f"bench-study-{name}")
     return build_config(raw, f"the bench's {name} study")

@@ -16,7 +16,10 @@ algorithm under the same name) is the variant `moe_topk_hard`:
 
 Applied wherever a model section is validated (experiment files, `key=value` overrides, a logged run's config.yaml,
 zoo variants `{fusion: moe, router: mlp, routing: hard}` and their grids, study trials sampling `model.router`...).
-Setting a key in both forms (`model.router` and `model.fusion_options.router`) is an error. Study search spaces keep
+Setting a key in both forms (`model.router` and `model.fusion_options.router`) is an error.
+
+`model.freeze_text_encoder` (a bool) became `model.train_text_layers`: true = 0 (frozen), false = all (full
+fine-tuning). Both given: they must agree (true with 0, false with all), else it is an error naming both. Study search spaces keep
 their old keys (Optuna's parameter names, so old studies resume); each trial's config is mapped as above.
 """
 
@@ -39,8 +42,24 @@ def _variant(name: Any) -> Any:
     return PRESETS[name].variant if isinstance(name, str) and name in PRESETS else name
 
 
+def _upgrade_freeze(model: dict[str, Any]) -> dict[str, Any]:
+    if "freeze_text_encoder" not in model:
+        return model
+    out = {k: v for k, v in model.items() if k != "freeze_text_encoder"}
+    frozen = model["freeze_text_encoder"]
+    if not isinstance(frozen, bool):
+        raise ValueError(f"model.freeze_text_encoder (the old spelling of model.train_text_layers) must be true or false, got {frozen!r}")
+    layers = 0 if frozen else "all"
+    if "train_text_layers" in out and out["train_text_layers"] != layers:
+        raise ValueError(f"model.freeze_text_encoder={str(frozen).lower()} (the old spelling of model.train_text_layers={layers}) contradicts "
+                         f"model.train_text_layers={out['train_text_layers']!r}: keep model.train_text_layers only")
+    out["train_text_layers"] = layers
+    return out
+
+
 def upgrade_model(model: dict[str, Any]) -> dict[str, Any]:
     """A model section with flat keys -> the same section in the new form (unchanged when it has none)."""
+    model = _upgrade_freeze(model)
     flat = {k: model[k] for k in FLAT_KEYS if k in model}
     if not flat:
         return model

@@ -82,7 +82,11 @@ class ModelConfig(Strict):
     fusion_preset: str | None = None
     fusion_options: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # defaults filled in too
     text_encoder: str = DEFAULT_TEXT_ENCODER  # a Hugging Face name or a local path
-    freeze_text_encoder: bool = False
+    # how many top layers of the text encoder train: 0 = frozen (chunk embeddings cached), K = the hidden states
+    # entering layer L-K are cached and only the top K layers train (embeddings and lower layers frozen, eval mode),
+    # "all" = full fine-tuning (embeddings included). At most the encoder's layer count (checked when it loads).
+    # `freeze_text_encoder` is its old spelling (true = 0, false = all; legacy.py)
+    train_text_layers: int | Literal["all"] = "all"
     chunk_pooling: Literal["mean", "attention"] = "mean"  # how chunk embeddings make h_text; mean: the original design
     fusion_dim: int = Field(128, ge=2)
     tab_hidden: int = Field(128, ge=2)
@@ -119,6 +123,18 @@ class ModelConfig(Strict):
         options = data.get("fusion_options") or {}
         options = {**PRESETS[preset].options, **options} if isinstance(options, dict) else options
         return {**data, "fusion": variant, "fusion_preset": preset, "fusion_options": options}
+
+    @field_validator("train_text_layers", mode="before")
+    @classmethod
+    def _text_layers(cls, value: Any) -> Any:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError("must be 0 (frozen encoder), a number of top encoder layers to train (at most the encoder's layer count), or 'all'")
+
+    @property
+    def text_frozen(self) -> bool:
+        """The whole text encoder frozen: its chunk embeddings come from the embedding cache."""
+        return self.train_text_layers == 0
 
     @field_validator("fusion")
     @classmethod

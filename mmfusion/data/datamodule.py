@@ -39,6 +39,7 @@ class Split:
     modality: np.ndarray  # (N,) int64, MODALITY_CODES or -1
     chunk_columns: list[list[int]] | None = None  # per sample, per chunk: index into the text columns (None: all 0)
     chunk_embeddings: list[torch.Tensor] | None = None  # per sample (n_chunks, H), from a frozen encoder
+    text_hidden: list[torch.Tensor] | None = None  # per sample (n_tokens, H): states entering the first trained layer
 
 
 @dataclass
@@ -164,6 +165,8 @@ class SplitDataset(Dataset):
             item["chunk_column"] = s.chunk_columns[i]
         if s.chunk_embeddings is not None:
             item["chunk_embeddings"] = s.chunk_embeddings[i]
+        if s.text_hidden is not None:
+            item["text_hidden"] = s.text_hidden[i]
         return item
 
 
@@ -200,7 +203,20 @@ def collate(items: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
         for i, it in enumerate(items):
             emb[i, : len(it["chunk_embeddings"])] = it["chunk_embeddings"]
         batch["chunk_embeddings"] = emb
+    if "text_hidden" in items[0]:
+        batch["text_hidden"] = _pad_hidden(items, c, t)
     return batch
+
+
+def _pad_hidden(items: list[dict], c: int, t: int) -> torch.Tensor:
+    """Per sample (n_tokens, H) cached states, its chunks' tokens concatenated -> (B, C, T, H) float32, zeros at padding."""
+    out = torch.zeros(len(items), c, t, items[0]["text_hidden"].shape[-1])
+    for i, it in enumerate(items):
+        if sum(map(len, it["chunks"])) != len(it["text_hidden"]):
+            continue  # a blanked dialogue (no chunks) keeps no states
+        for j, part in enumerate(torch.split(it["text_hidden"], [len(ch) for ch in it["chunks"]])):
+            out[i, j, : len(part)] = part
+    return out
 
 
 class MultimodalDataModule(L.LightningDataModule):

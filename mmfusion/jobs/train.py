@@ -26,6 +26,7 @@ from mmfusion.config import Config
 from mmfusion.data.datamodule import PreparedData, prepare_data
 from mmfusion.data.memo import prepared_data as memo_data
 from mmfusion.encoders import load_tokenizer
+from mmfusion.encoders.partial import check_encoder_layers
 from mmfusion.errors import UserError
 from mmfusion.jobs import launch
 from mmfusion.jobs.outputs import log_outputs
@@ -81,6 +82,7 @@ def prepare(cfg: Config, memo: bool = False) -> tuple[PreparedData, object]:
     prepared once per data config, seed and tokenizer in this process (`mmfusion.data.memo`: lean study trials)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
+    check_encoder_layers(cfg.model.train_text_layers, cfg.model.text_encoder)
     if memo:
         data = memo_data(cfg.data, cfg.seed, tokenizer, cfg.model.text_encoder)
     else:

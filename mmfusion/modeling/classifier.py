@@ -9,6 +9,7 @@ from torch import nn
 
 from mmfusion.config import ModelConfig
 from mmfusion.encoders import AttentionChunkPool, TabularEncoder, TextEncoder, masked_chunk_mean
+from mmfusion.encoders.partial import cached_chunks, check_text_layers, encoder_layers, frozen_lower
 from mmfusion.encoders.text import set_dropout
 from mmfusion.fusion import Fusion, create_fusion
 
@@ -22,9 +23,13 @@ class ModelOutput(NamedTuple):
 
 class MultimodalClassifier(nn.Module):
     def __init__(self, text_encoder: TextEncoder, tab_encoder: TabularEncoder, fusion: Fusion, n_classes: int, chunk_pool: nn.Module | None = None,
-                 n_text_columns: int = 1) -> None:
+                 n_text_columns: int = 1, text_lower: int | None = None) -> None:
         super().__init__()
         self.text_encoder, self.tab_encoder, self.fusion = text_encoder, tab_encoder, fusion
+        # partial fine-tuning: the embeddings and the first `text_lower` encoder layers are frozen (eval mode, no
+        # gradient) and training reads their output from the layer cache; None: the encoder is frozen or trains whole
+        self.text_lower = text_lower
+        self._frozen_text = frozen_lower(text_encoder.backbone, text_lower) if text_lower is not None else []
         self.chunk_pool = chunk_pool  # None: the masked mean of the chunk embeddings
         # several text columns: a learned vector per column added to each of its chunks, so pooling and fusion know
         # where a chunk came from; zero at the start, so training starts from the single-column model
@@ -42,17 +47,28 @@ class MultimodalClassifier(nn.Module):
         categorical: torch.Tensor,  # (B, Nc)
         chunk_embeddings: torch.Tensor | None = None,  # (B, C, H): precomputed by a frozen encoder (cache)
         chunk_column: torch.Tensor | None = None,  # (B, C): each chunk's text column (several text columns only)
+        text_hidden: torch.Tensor | None = None,  # (B, C, T, H): states entering layer `text_lower` (layer cache)
     ) -> ModelOutput:
-        h_text, chunks, h_tab = self.encode(input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings, chunk_column)
+        h_text, chunks, h_tab = self.encode(input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings, chunk_column, text_hidden)
         return self.classify(h_text, h_tab, chunks, chunk_mask)
 
-    def encode(self, input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings=None, chunk_column=None):
-        """-> h_text (B, H), chunks (B, C, H), h_tab (B, Dtab)."""
-        if chunk_embeddings is None:
-            h_text, chunks = self.text_encoder(input_ids, attention_mask, chunk_mask)
-        else:
+    def train(self, mode: bool = True) -> "MultimodalClassifier":
+        super().train(mode)
+        for part in self._frozen_text:
+            part.eval()  # the frozen lower layers never apply dropout (as when their output was cached)
+        return self
+
+    def encode(self, input_ids, attention_mask, chunk_mask, numeric, categorical, chunk_embeddings=None, chunk_column=None, text_hidden=None):
+        """-> h_text (B, H), chunks (B, C, H), h_tab (B, Dtab). Without cached inputs the text runs from tokens
+        through the whole backbone (what export and serving do); the result is the same."""
+        if chunk_embeddings is not None:
             chunks = chunk_embeddings
             h_text = masked_chunk_mean(chunks, chunk_mask)
+        elif text_hidden is not None and self.text_lower is not None:
+            chunks = cached_chunks(self.text_encoder.backbone, text_hidden, attention_mask, chunk_mask, self.text_lower)  # (B, C, H)
+            h_text = masked_chunk_mean(chunks, chunk_mask)
+        else:
+            h_text, chunks = self.text_encoder(input_ids, attention_mask, chunk_mask)
         if self.column_embedding is not None:
             column = chunk_column if chunk_column is not None else torch.zeros_like(chunk_mask)
             chunks = chunks + self.column_embedding(column.long()).to(chunks.dtype) * chunk_mask.unsqueeze(-1).to(chunks.dtype)  # (B, C, H)
@@ -103,11 +119,17 @@ def blank_modalities(batch: dict[str, torch.Tensor], no_text: torch.Tensor, no_t
 
 def build_model(cfg: ModelConfig, backbone: nn.Module, n_numeric: int, cardinalities: list[int], n_classes: int, n_text_columns: int = 1) -> MultimodalClassifier:
     set_dropout(backbone, cfg.text_dropout, cfg.text_attention_dropout, cfg.fast_dropout)
-    text = TextEncoder(backbone, frozen=cfg.freeze_text_encoder, pack_groups=cfg.pack_groups)
+    layers = cfg.train_text_layers
+    text = TextEncoder(backbone, frozen=layers == 0, pack_groups=cfg.pack_groups)
+    text_lower = None
+    if isinstance(layers, int) and layers > 0:
+        n_layers = len(encoder_layers(backbone))
+        check_text_layers(layers, n_layers, cfg.text_encoder)
+        text_lower = n_layers - layers
     tab = TabularEncoder(n_numeric, cardinalities, cfg.category_embed_dim, cfg.tab_hidden, cfg.tab_dim, cfg.dropout)
     fusion = create_fusion(cfg.fusion, text.hidden_size, tab.out_dim, cfg)
     pool = AttentionChunkPool(text.hidden_size, cfg.fusion_dim) if cfg.chunk_pooling == "attention" else None
-    model = MultimodalClassifier(text, tab, fusion, n_classes, pool, n_text_columns).train()  # from_pretrained leaves the encoder in eval mode
+    model = MultimodalClassifier(text, tab, fusion, n_classes, pool, n_text_columns, text_lower).train()  # from_pretrained leaves the encoder in eval mode
     # a modality the variant never reads (the ablations) trains nothing: no parameter is left without a gradient
     unread = {"text": [text, pool, model.column_embedding], "tab": [tab]}
     for modality in set(unread) - set(fusion.reads):

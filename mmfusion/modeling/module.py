@@ -19,7 +19,7 @@ from mmfusion.errors import ConfigError
 from mmfusion.modeling.metrics import attribution_auroc, classification_metrics, faithfulness, modality_drops
 from mmfusion.modeling.classifier import ModelOutput, MultimodalClassifier, blank_modalities
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings", "chunk_column")
+MODEL_INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical", "chunk_embeddings", "chunk_column", "text_hidden")
 
 
 def check_class_weights(optim: OptimConfig, n_classes: int) -> None:
@@ -81,7 +81,8 @@ class FusionClassifierModule(L.LightningModule):
         self.epoch_weights: list[torch.Tensor] = []  # val w_text per epoch, for "how the weights moved" plots
 
     def configure_model(self) -> None:
-        """FSDP2: shard each encoder layer, then every module the steps call (under ModelParallelStrategy only)."""
+        """FSDP2: shard each encoder layer, then every module the steps call (under ModelParallelStrategy only). Under
+        partial fine-tuning only what trains is sharded: the top layers; the frozen lower part stays whole on each rank."""
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         if not isinstance(self.trainer.strategy, ModelParallelStrategy):
@@ -90,10 +91,10 @@ class FusionClassifierModule(L.LightningModule):
 
         mesh = self.device_mesh["data_parallel"]
         m = self.model
-        for layer in transformer_layers(m.text_encoder.backbone):
+        for layer in transformer_layers(m.text_encoder.backbone)[m.text_lower or 0 :]:
             if not isinstance(layer, FSDPModule):
                 fully_shard(layer, mesh=mesh)
-        for part in (m.text_encoder, m.tab_encoder, m.chunk_pool, m.fusion, m.head):
+        for part in (None if m.text_lower is not None else m.text_encoder, m.tab_encoder, m.chunk_pool, m.fusion, m.head):
             if part is not None and not isinstance(part, FSDPModule) and any(True for _ in part.parameters()):
                 fully_shard(part, mesh=mesh)
 

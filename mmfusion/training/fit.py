@@ -23,6 +23,7 @@ from transformers import AutoModel
 from mmfusion import progress
 from mmfusion.config import Config
 from mmfusion.data.datamodule import MultimodalDataModule, PreparedData
+from mmfusion.data.layer_cache import attach_layer_hidden
 from mmfusion.data.memo import attach_embeddings
 from mmfusion.encoders import load_text_backbone
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
@@ -91,7 +92,7 @@ def fit(
     pad_id: int = 0,
     predict_train: bool = True,
 ) -> FitResult:
-    """Build the model (and the embedding cache of a frozen encoder), fit, validate, test and predict the train split.
+    """Build the model (and the embedding cache of a frozen encoder, or the layer cache of a partly trained one), fit, validate, test and predict the train split.
 
     `data` is prepared and checked by the caller (which also seeds the run); `callbacks` join the trainer;
     `checkpoint_dir` receives `last.ckpt` when `cfg.trainer.checkpoints` (multi-process: rank 0's folder is used by all
@@ -105,11 +106,14 @@ def fit(
     n_classes = len(data.preprocessor.classes)
     model = build_model(cfg.model, backbone, data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, n_classes, len(data.preprocessor.texts))
     module = FusionClassifierModule(model, cfg.optim, n_classes, cfg.model.modality_dropout, data.preprocessor.class_counts)
-    if cfg.trainer.compile and not cfg.model.freeze_text_encoder:
+    if cfg.trainer.compile and cfg.model.train_text_layers == "all":
         backbone.compile(dynamic=True)  # in place: state-dict keys stay; dynamic: batch shapes vary (see results/bench.md)
-    if cfg.model.freeze_text_encoder:
+    if cfg.model.train_text_layers == 0:
         stats = attach_embeddings(data, model.text_encoder, cfg.model.text_encoder, cfg.data.max_chunks, cfg.data.chunk_len, cfg.data.cache_dir)
         log.info("text embedding cache: %s", stats)
+    elif model.text_lower is not None:  # a resumed job rereads (or rebuilds) the cache too: the checkpoint holds the weights
+        stats = attach_layer_hidden(data, backbone, cfg.model.text_encoder, model.text_lower, cfg.data.max_chunks, cfg.data.chunk_len, cfg.data.cache_dir)
+        log.info("text layer cache (states entering layer %d): %s", model.text_lower, stats)
     datamodule = MultimodalDataModule(data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.data.num_workers, cfg.seed, pad_id, cfg.data.bucket_by_length)
     memory = MemoryReport()
     checkpoints = [LastCheckpoint(checkpoint_dir, cfg.trainer.checkpoint_every_n_steps)] if cfg.trainer.checkpoints else []

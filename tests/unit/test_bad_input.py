@@ -158,6 +158,9 @@ ROWS: list[tuple[str, list[str], Callable[[Ctx], None] | None]] = [
     ("lr-nan", ["config", "optim.lr=nan"], None),
     ("lr-zero", ["config", "optim.lr=0"], None),
     ("encoder-lr-negative", ["config", "optim.encoder_lr=-1e-5"], None),
+    ("text-layers-negative", ["config", "model.train_text_layers=-1"], None),
+    ("text-layers-not-a-number", ["config", "model.train_text_layers=top"], None),
+    ("text-layers-contradict-the-old-spelling", ["config", "model.freeze_text_encoder=true", "model.train_text_layers=2"], None),
     ("class-weight-zero", ["config", "optim.class_weights=[1.0,0.0]"], None),
     ("class-weight-negative", ["config", "optim.class_weights=[1.0,-2.0]"], None),
     ("class-weight-inf", ["config", "optim.class_weights=[1.0,.inf]"], None),
@@ -186,6 +189,8 @@ ROWS: list[tuple[str, list[str], Callable[[Ctx], None] | None]] = [
     ("train-empty-table", [*TRAIN, *TABLE], lambda c: c.file("t.csv", "id,dialogue,label\n")),
     ("train-column-numeric-and-categorical", [*TRAIN, *TABLE[:4], "data.numeric_columns=[category]", "data.categorical_columns=[category]"], _table()),
     ("train-chunk-len-above-encoder-max", [*TRAIN, "data.chunk_len=256"], None),
+    ("train-text-layers-above-encoder", ["train", *TINY, "model.train_text_layers=7"], None),  # the packaged MiniLM: 6 layers
+    ("train-text-layers-above-tiny-encoder", [*TRAIN, "model.train_text_layers=3"], None),  # the tiny BERT: 2 layers
     ("train-unknown-text-encoder", ["train", *TINY, "model.text_encoder={tmp}/no_such_encoder"], None),
     ("train-class-weights-wrong-length", [*TRAIN, "optim.class_weights=[1,2,3]"], None),
     ("train-resume-unknown-id", ["train", "--resume", "0123456789abcdef0123456789abcdef"], None),

@@ -113,7 +113,7 @@ def test_bench_trains_with_the_optimizer_of_training(tiny_data, monkeypatch):
 
     cfg, data, items = tiny_data
     cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"weight_decay": 0.1, "lr": 1e-3, "encoder_lr": 1e-5})})
-    model = build_model(cfg.model.model_copy(update={"freeze_text_encoder": False}), load_text_backbone(cfg.model.text_encoder),
+    model = build_model(cfg.model.model_copy(update={"train_text_layers": "all"}), load_text_backbone(cfg.model.text_encoder),
                         data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes))
     built = []
     monkeypatch.setattr(measure, "build_optimizer", lambda m, optim: built.append(module.build_optimizer(m, optim)) or built[-1])

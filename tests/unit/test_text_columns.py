@@ -73,11 +73,11 @@ def test_column_vectors_start_at_zero_and_then_tell_columns_apart(tiny_bert):
     assert build_model(ModelConfig(), AutoModel.from_pretrained(tiny_bert), 0, [], 2).column_embedding is None  # one column: as before
 
 
-@pytest.mark.parametrize("frozen", [False, True], ids=["fine-tuned", "frozen-cached"])
-def test_train_export_and_predict_with_two_text_columns(mlflow_uri, tiny_overrides, tmp_path, frozen):
+@pytest.mark.parametrize("layers", ["all", 0, 1], ids=["fine-tuned", "frozen-cached", "top-layer-cached"])
+def test_train_export_and_predict_with_two_text_columns(mlflow_uri, tiny_overrides, tmp_path, layers):
     reviews(160).to_csv(tmp_path / "r.csv", index=False)
     table = ["data.source=table", f"data.path={tmp_path / 'r.csv'}", "data.text_columns=[title,body]", "data.label_column=y", "data.id_column=id",
-             "data.numeric_columns=[age]", "data.categorical_columns=[]", f"data.cache_dir={tmp_path / 'cache'}", f"model.freeze_text_encoder={str(frozen).lower()}"]
+             "data.numeric_columns=[age]", "data.categorical_columns=[]", f"data.cache_dir={tmp_path / 'cache'}", f"model.train_text_layers={layers}"]
     result = train(load_config(None, [*tiny_overrides, *table, "trainer.max_epochs=2", "export.onnx=true", "tracking.log_model=true"]))
     assert result.module.model.column_embedding.weight.abs().sum() > 0  # the column vectors trained away from zero
     rows = tmp_path / "rows.csv"
