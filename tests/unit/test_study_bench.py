@@ -20,7 +20,7 @@ def test_the_sides_run_the_same_study_with_and_without_cache_and_lean_trials(tmp
     for side in (uncached, lean):
         assert side.study.n_trials == 5 and side.data.synthetic.n_samples == 100 and side.trainer.max_epochs == 1
         assert side.study.sampler.name == "random" and side.study.sampler.seed == 0 and side.study.pruner.name == "none"
-        assert side.study.search_space == cfg.study.search_space and side.model.freeze_text_encoder
+        assert side.study.search_space == cfg.study.search_space and side.model.train_text_layers == 0
     assert uncached.study.storage != lean.study.storage and uncached.tracking.uri != lean.tracking.uri  # own stores
 
 
