@@ -181,6 +181,7 @@ def fit_and_score(train: pd.DataFrame, test: pd.DataFrame, roles: dict[str, obje
 
 
 def cpu_line() -> str:
+    """As mmfusion.training.hardware.cpu_name: repeated on purpose, this script runs in AutoGluon's venv without mmfusion."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
