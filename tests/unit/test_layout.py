@@ -135,3 +135,13 @@ def test_no_import_cycles_in_mmfusion():
     found = cycles(import_graph(ROOT))
     if found:
         pytest.fail("import cycles among module-level imports:\n" + "\n".join(" <-> ".join(c) for c in found))
+
+
+def test_test_modules_have_unique_basenames():
+    """The lanes have no __init__.py, so pytest imports test modules by basename: two `test_x.py` in tests/unit and
+    tests/e2e break collection of the whole suite (`import file mismatch`)."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, clashes
