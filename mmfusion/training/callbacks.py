@@ -171,6 +171,11 @@ def best_checkpoint(trainer_cfg, has_modality: bool, folder: Path | None) -> lis
     best.ckpt goes (None: a scratch folder of this process)."""
     if not trainer_cfg.restore_best:
         return []
+    if trainer_cfg.strategy != "auto" or trainer_cfg.devices != 1 or trainer_cfg.num_nodes > 1:
+        # several processes: best.ckpt would be a sharded checkpoint that validate(ckpt_path=...) cannot load weights-only
+        # (it asks for optimizer state) and each rank's scratch folder differs; such runs keep the last epoch for now
+        log.warning("trainer.restore_best applies to single-process runs: this multi-process run keeps its last epoch's weights")
+        return []
     if trainer_cfg.best_metric == "val_attribution_auroc" and not has_modality:
         raise ConfigError("trainer.best_metric=val_attribution_auroc needs data that says which modality carries each label (synthetic data); choose another, e.g. val_loss")
     return [BestCheckpoint(folder or Path(tempfile.mkdtemp(prefix="mmfusion-best-")), trainer_cfg.best_metric, keep=trainer_cfg.checkpoints and folder is not None)]

@@ -63,3 +63,13 @@ def test_attribution_auroc_on_a_table_is_a_config_error(tiny_overrides, tmp_path
     with pytest.raises(ConfigError, match="trainer.best_metric=val_attribution_auroc needs data"):
         best_checkpoint(cfg.trainer, has_modality=False, folder=tmp_path)
     assert best_checkpoint(cfg.trainer, has_modality=True, folder=tmp_path)[0].mode == "max"
+
+
+def test_restore_best_is_off_for_multi_process_runs():
+    """A sharded best.ckpt cannot be loaded back weights-only by validate(): multi-process runs keep their last epoch."""
+    from mmfusion.config import load_config
+    from mmfusion.training.callbacks import best_checkpoint
+
+    assert len(best_checkpoint(load_config(None, []).trainer, True, None)) == 1
+    for overrides in (["trainer.strategy=fsdp", "trainer.devices=2"], ["trainer.devices=2"], ["trainer.strategy=ddp"]):
+        assert best_checkpoint(load_config(None, overrides).trainer, True, None) == [], overrides
