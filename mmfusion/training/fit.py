@@ -14,6 +14,7 @@ from typing import Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -72,7 +73,7 @@ def _trainer(cfg: Config, logger: Logger | bool, root_dir: Path | None, callback
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar and not progress.is_quiet(),  # `--quiet`: no bars at all
         enable_model_summary=False,
-        enable_checkpointing=t.checkpoints or t.restore_best,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),  # ours only: no default one
         num_sanity_val_steps=0,
         strategy=_strategy(cfg),
         logger=logger,
@@ -117,15 +118,16 @@ def fit(
     datamodule = MultimodalDataModule(data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.data.num_workers, cfg.seed, pad_id, cfg.data.bucket_by_length)
     memory = MemoryReport()
     checkpoints = [LastCheckpoint(checkpoint_dir, cfg.trainer.checkpoint_every_n_steps)] if cfg.trainer.checkpoints else []
-    checkpoints += best_checkpoint(cfg.trainer, data.has_modality, checkpoint_dir)  # trainer.restore_best
+    best = best_checkpoint(cfg.trainer, data.has_modality, checkpoint_dir)  # trainer.restore_best: [] or [callback]
+    checkpoints += best
     root_dir = checkpoint_dir.parent if checkpoint_dir is not None else None
     trainer = _trainer(cfg, logger, root_dir, [*callbacks, memory, SamplerEpoch(), *checkpoints])
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     train_seconds = time.perf_counter() - started
-    for best in checkpoints[-1:] if cfg.trainer.restore_best else []:
-        best.restore(trainer, module, datamodule)  # the best validation epoch's weights replace the last epoch's
+    for keeper in best:
+        keeper.restore(trainer, module, datamodule)  # the best validation epoch's weights replace the last epoch's
     if "val" not in module.results:  # resumed from the final checkpoint: fit had no epoch left to validate
         trainer.validate(module, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -139,8 +141,8 @@ def fit(
     module.model = full_model
     outputs = {split: module.results[key] for split, key in SPLIT_RESULTS if key in module.results}
     cost = {**memory.report, **_cost_metrics(full_model, trainer, len(data.splits["train"].ids), train_seconds)}
-    if cfg.trainer.restore_best and checkpoints[-1].best_epoch is not None:
-        cost["restored_epoch"] = checkpoints[-1].best_epoch  # 0-based: the epoch whose weights were tested and logged
+    if best and best[0].best_epoch is not None:
+        cost["restored_epoch"] = best[0].best_epoch  # 0-based: the epoch whose weights were tested and logged
     return FitResult(metrics, outputs, module, full_model, train_seconds, cost, True)
 
 
