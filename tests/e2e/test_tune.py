@@ -196,7 +196,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float, what: str):
 @pytest.mark.slow
 def test_sigkill_mid_trial_then_the_same_command_resumes(mlflow_uri, study_overrides, tmp_path):
     # full trials: a lean one can end before the poll sees its run RUNNING (the kill must land inside a trial)
-    cmd = [sys.executable, "-m", "mmfusion", "tune", *study_overrides, "study.study_name=crash", "study.n_trials=2", "study.pruner.name=none", "study.lean_trials=false"]
+    cmd = [sys.executable, "-m", "mmfusion", "tune", *study_overrides, "study.study_name=crash", "study.n_trials=2", "study.pruner.name=none", "study.lean_trials=false", "trainer.max_epochs=6"]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
 
     def running_trial_with_a_run():
