@@ -32,7 +32,6 @@ INPUTS = ("input_ids", "attention_mask", "chunk_mask", "numeric", "categorical")
 COLUMN_INPUT = "chunk_column"  # (B, C) which text column each chunk came from: only models with several text columns
 OUTPUTS = ("probs", "modality_weights", "expert_weights")
 DYNAMIC_AXES = {"input_ids": {0: "batch", 1: "chunks", 2: "tokens"}, "attention_mask": {0: "batch", 1: "chunks", 2: "tokens"}, "chunk_mask": {0: "batch", 1: "chunks"}, "numeric": {0: "batch"}, "categorical": {0: "batch"}, COLUMN_INPUT: {0: "batch", 1: "chunks"}}
-ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(double)": np.float64}
 OPSET = 17
 
 
