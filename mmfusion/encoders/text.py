@@ -86,10 +86,10 @@ def length_groups(lengths: torch.Tensor, max_groups: int) -> list[torch.Tensor]:
     of that order and costs (its size x its longest); the boundaries come from an exact dynamic programme (N is at most
     a batch's real chunks, a few hundred). A group costs one more encoder call, hence the cap.
     """
+    n = len(lengths)
+    if max_groups <= 1 or n <= 1:  # one group in the input order: the exact rows (and GEMM order) of the old packing
+        return [torch.arange(n)]
     order = torch.argsort(lengths, descending=True, stable=True)
-    n = len(order)
-    if max_groups <= 1 or n <= 1:
-        return [order]
     ln = lengths[order].to(torch.float64).numpy()  # sorted, longest first: group [i, j) costs (j - i) * ln[i]
     k = min(max_groups, n)
     best = np.arange(n + 1) * ln[0]  # best[j]: the first j chunks in at most g groups (g = 1 here)

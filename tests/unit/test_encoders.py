@@ -84,6 +84,8 @@ def test_length_groups_are_optimal_and_cover_every_chunk():
         brute = min(sum((b[i + 1] - b[i]) * s[b[i]] for i in range(len(b) - 1))
                     for m in range(min(k, n)) for cut in combinations(range(1, n), m) for b in [[0, *cut, n]])
         assert sum(len(x) * int(lengths[x].max()) for x in groups) == brute
+        if k == 1:  # one group keeps the input order: the old packing's rows, so runs logged before it reproduce exactly
+            assert torch.equal(groups[0], torch.arange(n))
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
