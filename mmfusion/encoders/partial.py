@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmfusion.encoders.text import encode_real_chunks, mean_over_tokens
 from mmfusion.errors import ConfigError
 
 
@@ -84,20 +85,13 @@ def lower_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: t
 def top_chunk_embeddings(backbone: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, n_lower: int) -> torch.Tensor:
     """(N, T, H) states entering layer `n_lower` + (N, T) mask -> (N, H): the top layers, then the mean over real
     tokens (as `TextEncoder.encode` pools the full backbone's output)."""
-    out = run_layers(backbone, hidden, attention_mask, n_lower)
-    m = attention_mask.to(out.dtype).unsqueeze(-1)  # (N, T, 1)
-    return (out * m).sum(1) / m.sum(1).clamp_min(1.0)
+    return mean_over_tokens(run_layers(backbone, hidden, attention_mask, n_lower), attention_mask)
 
 
 def cached_chunks(backbone: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, chunk_mask: torch.Tensor, n_lower: int) -> torch.Tensor:
     """Cached lower states (B, C, T, H) + tokens' mask (B, C, T) + chunk mask (B, C) -> (B, C, H) chunk embeddings,
     zeros at padding chunks; only the real chunks run through the top layers (packed, trimmed to the longest)."""
     b, c, t, h = hidden.shape
-    real = chunk_mask.reshape(-1).nonzero().squeeze(-1)  # indices of real chunks
-    out = torch.zeros(b * c, h, device=hidden.device, dtype=torch.float32)
-    if real.numel():
-        att = attention_mask.reshape(b * c, t)[real]
-        longest = int(att.sum(-1).max())
-        emb = top_chunk_embeddings(backbone, hidden.reshape(b * c, t, h)[real, :longest], att[:, :longest], n_lower)
-        out = out.index_copy(0, real, emb.to(out.dtype))
-    return out.reshape(b, c, h)
+    flat, att = hidden.reshape(b * c, t, h), attention_mask.reshape(b * c, t)
+    out = encode_real_chunks(att, chunk_mask, lambda rows, longest: top_chunk_embeddings(backbone, flat[rows, :longest], att[rows, :longest], n_lower), h, 1)
+    return out.reshape(b, c, h)  # one group: the real chunks in their order, trimmed to the longest

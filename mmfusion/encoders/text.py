@@ -10,6 +10,7 @@ attention dropout makes SDPA leave its fused kernel, and torch's dropout mask is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,27 @@ def length_groups(lengths: torch.Tensor, max_groups: int) -> list[torch.Tensor]:
     return [order[i:j] for i, j in reversed(bounds)]
 
 
+def mean_over_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T, H) token states + (N, T) mask -> (N, H): the mean over real tokens (a chunk's embedding)."""
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (N, T, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def encode_real_chunks(attention_mask: torch.Tensor, chunk_mask: torch.Tensor, encode: Callable[[torch.Tensor, int], torch.Tensor], size: int,
+                       max_groups: int) -> torch.Tensor:
+    """(B*C, T) token mask + chunk mask -> (B*C, size) float32, zeros at padding chunks. Only the real chunks are
+    encoded, in `length_groups`: `encode(rows, longest)` gets each group's flat chunk indices and its longest length
+    (the token padding beyond it is trimmed) and returns (len(rows), size)."""
+    real = chunk_mask.reshape(-1).nonzero().squeeze(-1)  # indices of real chunks
+    out = torch.zeros(attention_mask.shape[0], size, device=attention_mask.device, dtype=torch.float32)
+    if real.numel():
+        lengths = attention_mask[real].sum(-1)
+        for group in length_groups(lengths.cpu(), max_groups):
+            rows = real[group.to(real.device)]
+            out = out.index_copy(0, rows, encode(rows, int(lengths[group].max())).to(out.dtype))
+    return out
+
+
 class FastDropout(nn.Dropout):
     """nn.Dropout whose mask is drawn 16 bits at a time: three masks from each 64-bit random draw.
 
@@ -175,8 +197,7 @@ class TextEncoder(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(N, T) tokens -> (N, H) chunk embeddings, mean over real tokens."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, T, H)
-        m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return mean_over_tokens(hidden, attention_mask)
 
     def encode_chunks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
         """(B, C, T) tokens + (B, C) chunk mask -> (B, C, H) chunk embeddings, zeros at padding chunks."""
@@ -185,15 +206,7 @@ class TextEncoder(nn.Module):
         if not self.pack_chunks:
             emb = self.encode(ids, att) * chunk_mask.reshape(b * c, 1).to(torch.float32)
             return emb.reshape(b, c, -1)
-        real = chunk_mask.reshape(-1).nonzero().squeeze(-1)  # indices of real chunks
-        out = torch.zeros(b * c, self.hidden_size, device=ids.device, dtype=torch.float32)
-        if real.numel():
-            lengths = att[real].sum(-1)
-            for group in length_groups(lengths.cpu(), self.pack_groups):
-                rows = real[group.to(real.device)]
-                longest = int(lengths[group].max())  # trim token padding to the group's longest chunk
-                emb = self.encode(ids[rows, :longest], att[rows, :longest])
-                out = out.index_copy(0, rows, emb.to(out.dtype))
+        out = encode_real_chunks(att, chunk_mask, lambda rows, longest: self.encode(ids[rows, :longest], att[rows, :longest]), self.hidden_size, self.pack_groups)
         return out.reshape(b, c, -1)
 
     def forward(self, input_ids, attention_mask, chunk_mask) -> tuple[torch.Tensor, torch.Tensor]:
