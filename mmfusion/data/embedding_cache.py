@@ -51,20 +51,36 @@ def attach_chunk_embeddings(data: PreparedData, encoder: TextEncoder, encoder_na
     for name, split in data.splits.items():
         key = cache_key(encoder_name, max_chunks, chunk_len, split, encoder.hidden_size)
         path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
-        if path is not None and path.is_file():
-            stored = load_file(str(path))
-            flat, counts = stored["embeddings"], stored["counts"].tolist()
-            split.chunk_embeddings = list(torch.split(flat, counts))
+        cached = read_cached(path, "embeddings") if path is not None and path.is_file() else None
+        if cached is not None:
+            split.chunk_embeddings = cached[0]
             stats["hits"] += 1
             continue
         split.chunk_embeddings = encode_split(split, encoder, desc=f"embedding the {name} split (frozen encoder, cached after)")
         stats["misses"] += 1
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            counts = torch.tensor([len(e) for e in split.chunk_embeddings], dtype=torch.long)
-            flat = torch.cat(split.chunk_embeddings) if split.chunk_embeddings else torch.zeros(0, encoder.hidden_size)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            save_file({"embeddings": flat.contiguous(), "counts": counts}, tmp)
-            os.replace(tmp, path)  # atomic: concurrent trials never read a half-written file
+            write_cached(path, "embeddings", split.chunk_embeddings, torch.zeros(0, encoder.hidden_size))
     return stats
+
+
+def read_cached(path: Path, key: str) -> tuple[list[torch.Tensor], list[int]] | None:
+    """A cache file -> (the per-sample tensors stored under `key`, their lengths); None for a file that is not
+    consistent (a foreign or damaged one), which the caller re-encodes and overwrites."""
+    stored = load_file(str(path))
+    if key not in stored or "counts" not in stored:
+        return None
+    counts = stored["counts"].tolist()
+    if sum(counts) != len(stored[key]):
+        return None
+    return list(torch.split(stored[key], counts)), counts
+
+
+def write_cached(path: Path, key: str, per_sample: list[torch.Tensor], empty: torch.Tensor) -> None:
+    """Per-sample tensors -> one safetensors file (`key`: them concatenated, or `empty` if none; `counts`: their
+    lengths), written atomically: concurrent trials never read a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = torch.cat(per_sample) if per_sample else empty
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    save_file({key: flat.contiguous(), "counts": torch.tensor([len(x) for x in per_sample], dtype=torch.long)}, tmp)
+    os.replace(tmp, path)

@@ -10,16 +10,13 @@ first len(chunk) positions.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmfusion.data.datamodule import PreparedData, Split, collate
-from mmfusion.data.embedding_cache import cache_key
+from mmfusion.data.embedding_cache import cache_key, read_cached, write_cached
 from mmfusion.encoders.partial import lower_hidden
 from mmfusion.errors import ConfigError
 from mmfusion.progress import progress
@@ -71,19 +68,13 @@ def attach_layer_hidden(data: PreparedData, backbone: nn.Module, encoder_name: s
     for name, split in data.splits.items():
         counts = [sum(map(len, chunks)) for chunks in split.chunks]  # real tokens per sample
         path = Path(cache_dir) / f"{layer_cache_key(encoder_name, n_lower, max_chunks, chunk_len, split, size)}.safetensors" if cache_dir else None
-        if path is not None and path.is_file():
-            stored = load_file(str(path))
-            if stored["counts"].tolist() == counts:  # the key covers the tokens; this only guards a foreign file
-                split.text_hidden = list(torch.split(stored["hidden"], counts))
-                stats["hits"] += 1
-                continue
+        cached = read_cached(path, "hidden") if path is not None and path.is_file() else None
+        if cached is not None and cached[1] == counts:  # the key covers the tokens; this only guards a foreign file
+            split.text_hidden = cached[0]
+            stats["hits"] += 1
+            continue
         split.text_hidden = encode_split_hidden(split, backbone, n_lower, desc=f"encoding the {name} split up to layer {n_lower} (frozen, cached after)")
         stats["misses"] += 1
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            flat = torch.cat(split.text_hidden) if split.text_hidden else torch.zeros(0, size, dtype=STORAGE)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            save_file({"hidden": flat.contiguous(), "counts": torch.tensor(counts, dtype=torch.long)}, tmp)
-            os.replace(tmp, path)  # atomic: concurrent trials never read a half-written file
+        if path is not None:  # each sample's states are (its real tokens, H): the stored counts are `counts`
+            write_cached(path, "hidden", split.text_hidden, torch.zeros(0, size, dtype=STORAGE))
     return stats
