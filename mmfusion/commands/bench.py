@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime section")
     p.add_argument("--compile", action="store_true", help="also measure the optimized path under torch.compile")
     p.add_argument("--profile", action="store_true", help="print where one optimized training step spends its time")
+    p.add_argument("--text-layers", type=int, metavar="K", help="also measure the optimized path training only the top K encoder layers "
+                   "(model.train_text_layers=K, from the same initial weights)")
     p.add_argument("--trials", type=int, default=20, help="`bench study`: trials of each side's study (default 20)")
     p.add_argument("--study-samples", type=int, default=400, help="`bench study`: synthetic dialogues of its studies (default 400)")
     p.add_argument("--predict", action="store_true", help="instead: stream --rows rows through predict, PyTorch beside ONNX Runtime (rows/s, peak RSS); "
@@ -49,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         return _emit(result, format_predict_report(result), args.json)
     from mmfusion.bench.runner import BenchSettings, format_report, run_bench
 
-    settings = BenchSettings(args.train_samples, args.eval_samples, args.latency_samples, args.epochs, not args.no_onnx, args.compile, args.profile)
+    settings = BenchSettings(args.train_samples, args.eval_samples, args.latency_samples, args.epochs, not args.no_onnx, args.compile, args.profile, args.text_layers)
     result = run_bench(cfg, settings, progress=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
     result["command"] = " ".join(["python -m mmfusion", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "python -m mmfusion bench"
     return _emit(result, format_report(result), args.json)

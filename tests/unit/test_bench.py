@@ -228,3 +228,35 @@ def test_auto_adamw_is_fused_in_fp32_and_foreach_under_mixed_precision(tiny_data
     assert build_optimizer(model, cfg.optim).defaults.get("fused") is True
     mixed = build_optimizer(model, cfg.optim, mixed_precision=True)
     assert not mixed.defaults.get("fused") and mixed.defaults.get("foreach") is True
+
+
+def test_the_top_layers_path_starts_from_the_same_weights_and_trains_only_the_top(tiny_data):
+    from mmfusion.bench.runner import _copy_partial
+    from mmfusion.encoders.partial import encoder_layers
+
+    cfg, data, _ = tiny_data
+    model = build_model(cfg.model.model_copy(update={"train_text_layers": "all"}), load_text_backbone(cfg.model.text_encoder),
+                        data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, len(data.preprocessor.classes))
+    top = _copy_partial(model, cfg, 1, data)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), top.state_dict().values()))
+    layers = encoder_layers(top.text_encoder.backbone)
+    assert not any(p.requires_grad for p in [*top.text_encoder.backbone.embeddings.parameters(), *layers[:-1].parameters()])
+    assert all(p.requires_grad for p in layers[-1].parameters()) and all(p.requires_grad for p in model.parameters())  # the original is untouched
+    assert not layers[0].training and layers[-1].training  # the frozen part never drops out
+
+
+def test_bench_with_a_top_layers_path(tiny_overrides, tmp_path, monkeypatch, capsys):
+    from mmfusion.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench.json"
+    assert main(["bench", *tiny_overrides, "--train-samples", "16", "--eval-samples", "8", "--no-onnx", "--text-layers", "1", "--json", str(out)]) == 0
+    assert "top-1 layers" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    top, ref = res["paths"]["top-1 layers"], res["paths"]["reference"]
+    assert res["speedup"]["train_top"] == pytest.approx(top["train_samples_per_s"] / ref["train_samples_per_s"])
+    assert top["encoded_tokens_per_sample"] == res["paths"]["optimized"]["encoded_tokens_per_sample"]  # the same packing
+    assert [g["goal"].split(",")[0] for g in res["goals"]][2] == "training throughput >= 6x the reference path" and len(res["goals"]) == 4
+    for bad in ("-1", "99"):
+        assert main(["bench", *tiny_overrides, "--no-onnx", "--text-layers", bad]) == 2
+        assert "layers" in capsys.readouterr().err
