@@ -31,6 +31,10 @@ class PredictSettings:
     batch_size: int = 64
     piece_rows: int = 4096
     int8: bool = False  # also the int8 ONNX encoder
+    engines: tuple[str, ...] | None = None  # only these of ENGINES (None: pytorch, onnx_fp32, and onnx_int8 with `int8`)
+
+
+ENGINES = ("pytorch", "onnx_fp32", "onnx_int8")
 
 
 def _rows(cfg: Config, n: int, path: Path) -> int:
@@ -60,6 +64,10 @@ def run_predict_bench(cfg: Config, settings: PredictSettings, progress: Callable
 
     if min(settings.rows, settings.batch_size, settings.piece_rows) < 1:
         raise ConfigError("bench --predict: --rows, --batch-size and --piece-rows must be >= 1")
+    wanted = ENGINES[: 2 + settings.int8] if settings.engines is None else settings.engines
+    unknown = sorted(set(wanted) - set(ENGINES))
+    if unknown or not wanted:
+        raise ConfigError(f"bench --predict --engines: {'unknown ' + ', '.join(unknown) if unknown else 'none given'}; allowed: {', '.join(ENGINES)}")
     L.seed_everything(cfg.seed, verbose=False)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
     data = prepare_data(cfg.data, cfg.seed, tokenizer)
@@ -73,7 +81,7 @@ def run_predict_bench(cfg: Config, settings: PredictSettings, progress: Callable
         tmp = Path(tmp)
         progress("saving the bundle and exporting the packed ONNX pair (parity checked) ...")
         bundle = save_bundle(tmp / "bundle", cfg, model, pre, tokenizer)
-        files = export_files(cfg, model, data, tokenizer, tmp / "onnx", quantize=settings.int8, tolerance=cfg.export.tolerance)
+        files = export_files(cfg, model, data, tokenizer, tmp / "onnx", quantize="onnx_int8" in wanted, tolerance=cfg.export.tolerance)
         res["onnx_max_abs_diff"] = files.report["max_abs_diff"]
         del model, data  # only what each path loads itself stays
         progress(f"writing {settings.rows} rows ...")
@@ -84,7 +92,7 @@ def run_predict_bench(cfg: Config, settings: PredictSettings, progress: Callable
         }
         if files.int8 is not None:
             loaders["onnx_int8"] = lambda: OnnxPredictor(files.int8.encoder, files.artifacts, threads=threads, int8=True)
-        for name, load in loaders.items():
+        for name, load in ((n, loaders[n]) for n in ENGINES if n in wanted):
             progress(f"{name}: scoring {settings.rows} rows ...")
             with PeakRSS() as mem:
                 started = time.perf_counter()
@@ -96,7 +104,8 @@ def run_predict_bench(cfg: Config, settings: PredictSettings, progress: Callable
             res["paths"][name] = {"rows": written, "load_seconds": loaded - started, "score_seconds": done - loaded, "rows_per_s": written / (done - loaded), "peak_mib": mem.mib}
             progress(f"{name}: {res['paths'][name]['rows_per_s']:.1f} rows/s")
     p = res["paths"]
-    res["onnx_vs_pytorch_rows_per_s"] = p["onnx_fp32"]["rows_per_s"] / p["pytorch"]["rows_per_s"]
+    if {"pytorch", "onnx_fp32"} <= set(p):
+        res["onnx_vs_pytorch_rows_per_s"] = p["onnx_fp32"]["rows_per_s"] / p["pytorch"]["rows_per_s"]
     return res
 
 
@@ -109,5 +118,7 @@ def format_predict_report(res: dict) -> str:
     for name, r in res["paths"].items():
         peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
         lines.append(f"{name:24}{r['rows_per_s']:>10.1f}{r['score_seconds']:>10.1f}{r['load_seconds']:>9.1f}{peak:>20}")
-    lines += [f"ONNX Runtime fp32 / PyTorch rows/s: {res['onnx_vs_pytorch_rows_per_s']:.2f}x", f"memory: {res['memory_method']}"]
+    if "onnx_vs_pytorch_rows_per_s" in res:
+        lines.append(f"ONNX Runtime fp32 / PyTorch rows/s: {res['onnx_vs_pytorch_rows_per_s']:.2f}x")
+    lines.append(f"memory: {res['memory_method']}")
     return "\n".join(lines)

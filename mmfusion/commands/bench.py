@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=100_000, help="with --predict: rows scored by each path (default 100000)")
     p.add_argument("--piece-rows", type=int, default=4096, help="with --predict: rows read and scored at once (default 4096)")
     p.add_argument("--int8", action="store_true", help="with --predict: also the int8 ONNX encoder")
+    p.add_argument("--engines", help="with --predict: only these, comma-separated, of pytorch, onnx_fp32, onnx_int8 (e.g. a long run of one engine)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH ('-': stdout, after the table)")
 
 
@@ -47,7 +48,8 @@ def main(args: argparse.Namespace) -> int:
     if args.predict:
         from mmfusion.bench.predict import PredictSettings, format_predict_report, run_predict_bench
 
-        result = run_predict_bench(cfg, PredictSettings(args.rows, piece_rows=args.piece_rows, int8=args.int8), progress=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
+        result = run_predict_bench(cfg, PredictSettings(args.rows, piece_rows=args.piece_rows, int8=args.int8,
+                                                          engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines is not None else None), progress=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
         return _emit(result, format_predict_report(result), args.json)
     from mmfusion.bench.runner import BenchSettings, format_report, run_bench
 

@@ -9,7 +9,6 @@ for the module; rows that corrupt its files restore them afterwards.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import Field
-from torch import nn
 
 from mmfusion.config import load_config
 from mmfusion.errors import ConfigError
