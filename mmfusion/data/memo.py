@@ -1,14 +1,18 @@
-"""An in-process memo of prepared data and frozen-encoder chunk embeddings, for the trials of one study process.
+"""An in-process memo of prepared data, frozen-encoder chunk embeddings and the pretrained text backbone, for the
+trials of one study process.
 
 `prepared_data` returns the same tokenized splits and fitted preprocessing for the same data config, seed and tokenizer
 (a trial whose parameters change any `data.*` value, C or T included, misses); `attach_embeddings` gives a memoized
 split the embeddings of the same encoder without reading the disk cache or encoding again. Every call gets its own
 `PreparedData` and `Split` objects (shallow copies: the token lists, arrays and tables are shared and never written),
 so what one trial attaches never leaks into the next one's data. Only the latest few entries are kept.
+`text_backbone` reads the pretrained weights from disk once and hands each trial its own deep copy (a trial may
+re-configure or train it).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections import OrderedDict
@@ -19,7 +23,7 @@ import torch
 from mmfusion.config import DataConfig
 from mmfusion.data.datamodule import PreparedData, prepare_data
 from mmfusion.data.embedding_cache import attach_chunk_embeddings
-from mmfusion.encoders.text import TextEncoder
+from mmfusion.encoders.text import TextEncoder, load_text_backbone
 
 MAX_ENTRIES = 4  # data variants a study samples at once (e.g. two max_chunks values); older ones are dropped
 
@@ -31,6 +35,7 @@ class _Entry:
 
 
 _entries: OrderedDict[str, _Entry] = OrderedDict()
+_backbones: dict[str, torch.nn.Module] = {}  # encoder name -> the pretrained backbone as loaded (never handed out)
 
 
 def data_key(cfg: DataConfig, seed: int, tokenizer_name: str) -> str:
@@ -79,6 +84,15 @@ def attach_embeddings(data: PreparedData, encoder: TextEncoder, encoder_name: st
     return stats
 
 
+def text_backbone(name: str) -> torch.nn.Module:
+    """`load_text_backbone(name)`, read from disk once per process (the latest encoder only): a deep copy each call."""
+    if name not in _backbones:
+        _backbones.clear()
+        _backbones[name] = load_text_backbone(name)
+    return copy.deepcopy(_backbones[name])
+
+
 def clear() -> None:
     """Forget everything (tests; a long-lived process between studies)."""
     _entries.clear()
+    _backbones.clear()

@@ -129,7 +129,7 @@ def run_fit(cfg: Config, data: PreparedData, tokenizer, run_id: str | None, uri:
     logger = RunMetricsLogger(experiment_name=cfg.tracking.experiment, run_id=run_id, tracking_uri=uri) if owner else False
     beats = [Heartbeat(run_id, uri)] if owner else []
     fitted = fit(cfg, data, [*callbacks, *beats], logger=logger, checkpoint_dir=ckpt_dir, resume_from=resume_from, pad_id=tokenizer.pad_token_id or 0,
-                 predict_train=not lean)
+                 predict_train=not lean, memo=lean)
     if not (owner and fitted.is_global_zero):
         return TrainResult(run_id, fitted.metrics, None, None, data)
     with _into_run(run_id, uri):

@@ -142,9 +142,11 @@ class BestCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename=BEST, monitor=monitor, mode="min" if monitor == "val_loss" else "max", save_top_k=1,
                          save_weights_only=True, every_n_epochs=1, enable_version_counter=False, auto_insert_metric_name=False)
         self.best_epoch: int | None = None  # 0-based epoch of best.ckpt
+        self._best_step: int | None = None  # the optimizer step best.ckpt was saved at (this process)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         self.best_epoch = trainer.current_epoch  # called for a new best only (save_top_k=1)
+        self._best_step = trainer.global_step
         super()._save_checkpoint(trainer, filepath)
 
     def state_dict(self) -> dict:
@@ -157,7 +159,9 @@ class BestCheckpoint(ModelCheckpoint):
     def restore(self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
         """After `trainer.fit`: load best.ckpt into `module` by validating it, so the trainer's val metrics are the
         best epoch's too (no validation yet, e.g. max_steps within the first epoch: the last weights stay)."""
-        if self.best_model_path:
+        if self.best_model_path and self._best_step == trainer.global_step:  # no step since: the weights are best.ckpt's
+            log.info("the best weights are the last ones (epoch %s, best %s = %.4g): nothing to restore", self.best_epoch, self.monitor, float(self.best_model_score))
+        elif self.best_model_path:
             n_weights = len(getattr(module, "epoch_weights", []))
             trainer.validate(module, datamodule=datamodule, ckpt_path=self.best_model_path, verbose=False, weights_only=True)
             del getattr(module, "epoch_weights", [])[n_weights:]  # that plot shows the epochs trained, not this repeat

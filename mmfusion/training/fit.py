@@ -26,6 +26,7 @@ from mmfusion.config import Config
 from mmfusion.data.datamodule import MultimodalDataModule, PreparedData
 from mmfusion.data.layer_cache import attach_layer_hidden
 from mmfusion.data.memo import attach_embeddings
+from mmfusion.data.memo import text_backbone as memo_backbone
 from mmfusion.encoders import load_text_backbone
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 from mmfusion.modeling.module import FusionClassifierModule
@@ -92,18 +93,20 @@ def fit(
     resume_from: Path | None = None,
     pad_id: int = 0,
     predict_train: bool = True,
+    memo: bool = False,
 ) -> FitResult:
     """Build the model (and the embedding cache of a frozen encoder, or the layer cache of a partly trained one), fit, validate, test and predict the train split.
 
     `data` is prepared and checked by the caller (which also seeds the run); `callbacks` join the trainer;
     `checkpoint_dir` receives `last.ckpt` when `cfg.trainer.checkpoints` (multi-process: rank 0's folder is used by all
     ranks, Lightning broadcasts it); `resume_from` is a complete checkpoint to continue; `pad_id` is the tokenizer's;
-    `predict_train=False` skips the train split's prediction pass (it feeds only the plots: lean study trials).
+    `predict_train=False` skips the train split's prediction pass (it feeds only the plots: lean study trials);
+    `memo`: the pretrained backbone read from disk once per process and copied (`mmfusion.data.memo`: lean trials).
     """
     if cfg.trainer.checkpoints and checkpoint_dir is None:
         raise ValueError("fit: trainer.checkpoints is on but no checkpoint_dir was given")
     apply_threads(cfg.trainer.threads)
-    backbone = load_text_backbone(cfg.model.text_encoder)
+    backbone = memo_backbone(cfg.model.text_encoder) if memo else load_text_backbone(cfg.model.text_encoder)
     n_classes = len(data.preprocessor.classes)
     model = build_model(cfg.model, backbone, data.preprocessor.n_numeric_features, data.preprocessor.cardinalities, n_classes, len(data.preprocessor.texts))
     module = FusionClassifierModule(model, cfg.optim, n_classes, cfg.model.modality_dropout, data.preprocessor.class_counts)

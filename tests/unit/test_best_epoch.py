@@ -73,3 +73,21 @@ def test_restore_best_is_off_for_multi_process_runs():
     assert len(best_checkpoint(load_config(None, []).trainer, True, None)) == 1
     for overrides in (["trainer.strategy=fsdp", "trainer.devices=2"], ["trainer.devices=2"], ["trainer.strategy=ddp"]):
         assert best_checkpoint(load_config(None, overrides).trainer, True, None) == [], overrides
+
+
+class CountValidations(L.Callback):
+    def __init__(self) -> None:
+        self.n = 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.n += 1
+
+
+def test_when_the_last_epoch_is_the_best_nothing_is_validated_again(tiny_overrides, tmp_path):
+    cfg = load_config(None, [*tiny_overrides, "trainer.max_epochs=1", "trainer.checkpoints=false", "seed=3"])
+    tokenizer = load_tokenizer(cfg.model.text_encoder)
+    data = prepare_data(cfg.data, cfg.seed, tokenizer)
+    history, validations = ValHistory(), CountValidations()
+    result = fit(cfg, data, [history, validations], pad_id=tokenizer.pad_token_id)
+    assert validations.n == 1  # the epoch's own validation only: its weights are the best ones already
+    assert result.cost_metrics["restored_epoch"] == 0 and result.metrics["val_loss"] == pytest.approx(history.val_loss[0], abs=1e-6)

@@ -62,3 +62,20 @@ def test_embeddings_are_memoized_per_encoder_and_never_leak_into_another_callers
     assert memo.attach_embeddings(third, encoder, "enc-b", 2, 16, None)["misses"] == 3  # another encoder: encoded again
     unmemoized = prepare_data(cfg.data, cfg.seed, tok)  # not from the memo: plain attach_chunk_embeddings
     assert memo.attach_embeddings(unmemoized, encoder, "enc-a", 2, 16, None)["misses"] == 3
+
+
+def test_the_backbone_is_read_once_and_every_caller_gets_its_own_copy(setup, monkeypatch):
+    cfg, _ = setup
+    reads = []
+    monkeypatch.setattr(memo, "load_text_backbone", lambda name: reads.append(name) or load_text_backbone(name))
+    a, b = memo.text_backbone(cfg.model.text_encoder), memo.text_backbone(cfg.model.text_encoder)
+    assert reads == [cfg.model.text_encoder] and a is not b
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with torch.no_grad():
+        next(a.parameters()).add_(1.0)  # one trial trains (or re-configures) its copy: the next copy is the pretrained one
+    a.config.hidden_dropout_prob = 0.5
+    c = memo.text_backbone(cfg.model.text_encoder)
+    assert torch.equal(next(c.parameters()), next(b.parameters())) and c.config.hidden_dropout_prob == b.config.hidden_dropout_prob != 0.5
+    memo.clear()
+    memo.text_backbone(cfg.model.text_encoder)
+    assert len(reads) == 2  # cleared: read again

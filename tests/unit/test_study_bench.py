@@ -41,3 +41,33 @@ def test_a_trial_line_shows_number_value_params_and_time(capsys):
     line = capsys.readouterr().err
     assert line.startswith("trial 0 complete val_f1_macro=") and " in 12 s " in line and "fusion=gate" in line and "1/5 done" in line
     assert short_params({"optim.lr": 0.00123456, "model.fusion": "moe"}) == "lr=0.00123 fusion=moe"
+
+
+def test_after_a_trial_survivors_are_frozen_garbage_still_goes_and_the_study_unfreezes(monkeypatch):
+    import gc
+    import weakref
+
+    from mmfusion.jobs.tune import study as study_mod
+    from mmfusion.jobs.tune.objective import AfterTrial
+
+    class Node:
+        pass
+
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    try:
+        AfterTrial()(study, study.trials[0])
+        assert gc.get_freeze_count() > 0  # what survived is out of later collections
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle made by the next trial, garbage at its end
+        gone = weakref.ref(a)
+        del a, b
+        AfterTrial()(study, study.trials[0])
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+    monkeypatch.setattr(study_mod, "_await_stale", lambda *a: None)
+    monkeypatch.setattr(study_mod, "_optimize", lambda *a: gc.freeze())  # a study whose trials froze survivors
+    cfg = load_config("experiments/study_quickstart.yaml", [])
+    study_mod.optimize(study, None, cfg.study.model_copy(update={"timeout": None}), [])
+    assert gc.get_freeze_count() == 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -101,6 +102,13 @@ def optimize(study: optuna.Study, objective: Objective, sc: StudyConfig, callbac
     deadline = None if sc.timeout is None else time.monotonic() + sc.timeout
     stop = [_StopAt(sc.n_trials)] if sc.n_trials else []
     _await_stale(study, sc, deadline)
+    try:
+        _optimize(study, objective, sc, callbacks, deadline, stop)
+    finally:
+        gc.unfreeze()  # AfterTrial froze what survived each trial; a long-lived process collects it normally again
+
+
+def _optimize(study: optuna.Study, objective: Objective, sc: StudyConfig, callbacks: list, deadline: float | None, stop: list) -> None:
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         if (left is not None and left <= 0) or (sc.n_trials and count(study) >= sc.n_trials):
