@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def top_name(k: int) -> str:
+    """The name of the path that trains only the top `k` encoder layers (`bench --text-layers K`)."""
+    return f"top-{k} layers"
+
+
 def goals(res: dict) -> list[dict]:
     """The targets the benchmark reports against (printed, never asserted): met or not, and the value shown."""
     precision = "bf16 autocast" if res["bf16"] else "fp32"
@@ -16,8 +21,8 @@ def goals(res: dict) -> list[dict]:
         (f"at equal validation accuracy (optimized - reference >= -{res['val_accuracy_noise']:.3f}, 2 s.e. at n={res['eval_samples']})",
          delta, lambda v: v >= -res["val_accuracy_noise"], "{:+.3f}"),
     ]
-    top = next((name for name in res["paths"] if name.startswith("top-")), None)
-    if top is not None:  # the optimized path training only the top K encoder layers (--text-layers K)
+    if res["settings"].get("text_layers") is not None:  # the optimized path training only the top K encoder layers
+        top = top_name(res["settings"]["text_layers"])
         top_delta = res["paths"][top]["val_accuracy"] - res["paths"]["reference"]["val_accuracy"]
         goals += [
             (f"training throughput >= 6x the reference path, {top} trained ({precision}; per CPU second {res['speedup']['train_top_cpu']:.2f}x)",

@@ -30,7 +30,7 @@ from mmfusion.bench.engines import measure_onnx
 from mmfusion.bench.memory import MEMORY_METHOD
 from mmfusion.bench.measure import BenchPath, measure_inference, measure_training, profile_step
 from mmfusion.bench.reference import reference_collate, reference_model
-from mmfusion.bench.report import format_report, goals
+from mmfusion.bench.report import format_report, goals, top_name
 from mmfusion.config import Config
 from mmfusion.data.datamodule import Split, SplitDataset, collate, prepare_data
 from mmfusion.data.sampler import bucketed_loader
@@ -137,10 +137,6 @@ def run_bench(cfg: Config, settings: BenchSettings, progress: Callable[[str], No
             res["onnx"] = measure_onnx(paths[-1].model, eval_items, pad_id, settings.latency_samples, settings.profile, bf16, Path(tmp))
     res["goals"] = goals(res)
     return res
-
-
-def top_name(k: int) -> str:
-    return f"top-{k} layers"
 
 
 def _copy_partial(model: MultimodalClassifier, cfg: Config, k: int, data) -> MultimodalClassifier:

@@ -48,8 +48,9 @@ def main(args: argparse.Namespace) -> int:
     if args.predict:
         from mmfusion.bench.predict import PredictSettings, format_predict_report, run_predict_bench
 
-        result = run_predict_bench(cfg, PredictSettings(args.rows, piece_rows=args.piece_rows, int8=args.int8,
-                                                          engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()) if args.engines is not None else None), progress=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
+        engines = None if args.engines is None else tuple(e.strip() for e in args.engines.split(",") if e.strip())  # (): none given
+        settings = PredictSettings(args.rows, piece_rows=args.piece_rows, int8=args.int8, engines=engines)
+        result = run_predict_bench(cfg, settings, progress=lambda s: print(f"[bench] {s}", file=sys.stderr, flush=True))
         return _emit(result, format_predict_report(result), args.json)
     from mmfusion.bench.runner import BenchSettings, format_report, run_bench
 

@@ -158,7 +158,8 @@ class BestCheckpoint(ModelCheckpoint):
 
     def restore(self, trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
         """After `trainer.fit`: load best.ckpt into `module` by validating it, so the trainer's val metrics are the
-        best epoch's too (no validation yet, e.g. max_steps within the first epoch: the last weights stay)."""
+        best epoch's too (no validation yet, e.g. max_steps within the first epoch: the last weights stay; no optimizer
+        step since best.ckpt was saved: the weights and the latest val metrics are already its own)."""
         if self.best_model_path and self._best_step == trainer.global_step:  # no step since: the weights are best.ckpt's
             log.info("the best weights are the last ones (epoch %s, best %s = %.4g): nothing to restore", self.best_epoch, self.monitor, float(self.best_model_score))
         elif self.best_model_path:

@@ -25,8 +25,7 @@ from mmfusion import progress
 from mmfusion.config import Config
 from mmfusion.data.datamodule import MultimodalDataModule, PreparedData
 from mmfusion.data.layer_cache import attach_layer_hidden
-from mmfusion.data.memo import attach_embeddings
-from mmfusion.data.memo import text_backbone as memo_backbone
+from mmfusion.data.memo import attach_embeddings, text_backbone as memo_backbone
 from mmfusion.encoders import load_text_backbone
 from mmfusion.modeling.classifier import MultimodalClassifier, build_model
 from mmfusion.modeling.module import FusionClassifierModule
