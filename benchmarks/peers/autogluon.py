@@ -193,6 +193,7 @@ def cpu_line() -> str:
 
 def run(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
+    load_before = os.getloadavg()
     train, test, roles = load_split(args)
     checkpoint = args.checkpoint or default_checkpoint()
     result = fit_and_score(train, test, roles, args, checkpoint)
@@ -206,7 +207,9 @@ def run(argv: list[str] | None = None) -> dict[str, object]:
         "threshold": "positive when P(1) >= 0.5",
         **result,
         "cpu": cpu_line(), "cpus_visible": os.cpu_count(),
-        "note": "2-core machine shared with other jobs: times are upper bounds; fit is capped by time_limit_s",
+        # 1-minute load averages before and after: above the core count, other jobs shared the machine (times are upper bounds)
+        "load_average": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+        "note": "fit is capped by time_limit_s (preprocessing, the last validation and the soup come on top)",
         "command": shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(["autogluon.py", *argv]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
