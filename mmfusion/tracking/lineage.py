@@ -49,8 +49,10 @@ def log_inputs(cfg: Config, data: PreparedData) -> None:
     for split, digest in split_digests(data).items():
         source = split_source(cfg, split, seed)
         src = CodeDatasetSource({"mmfusion.source": source}) if cfg.data.source == "synthetic" else source
-        with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so for every path
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so for every path;
             warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            # its schema hint about integer columns is advice for a served model's signature, not for a logged dataset
+            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
             dataset = mlflow.data.from_pandas(data.splits[split].frame[used], source=src, targets=data.columns["label"], name=f"{name}-{split}", digest=digest)
         mlflow.log_input(dataset, context=CONTEXTS[split])
 
