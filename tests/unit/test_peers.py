@@ -101,6 +101,7 @@ def test_run_writes_the_report(peer, split, tmp_path, monkeypatch):
     assert report["variant"] == "without Rating" and report["time_limit_s"] == 30 and report["text_backbone"] == "/models/minilm"
     assert (report["train_rows"], report["test_rows"]) == (40, 10) and report["metrics"]["auroc"] == 0.5
     assert "--no-rating" in report["command"] and report["cpu"]
+    assert set(report["load_average"]) == {"before", "after"} and all(v >= 0 for v in report["load_average"].values())
     assert seen["checkpoint"] == "/models/minilm" and seen["limit"] == 30 and "Rating" not in seen["train"].columns
 
 
