@@ -5,7 +5,8 @@
 One process: the bench config's model (untrained: speed only; agreement with fp32 is printed but means little on
 near-0.5 probabilities), exported as the packed pair, its encoder quantized several ways, each scored by
 `PackedScorer` over the same validation dialogues in batches of 64 (one warm-up batch, best of two passes).
-`shipped` is `mmfusion.export.quantize_onnx`; ratios are against fp32 ONNX in the same run.
+Every variant is `mmfusion.export.quantize_onnx` with other `quantize_dynamic` options (`shipped`: none); ratios are
+against fp32 ONNX in the same run.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization import QuantType
 
 from mmfusion.config.loading import load_config
 from mmfusion.data.datamodule import SplitDataset, collate, prepare_data
@@ -29,8 +29,9 @@ from mmfusion.modeling.classifier import build_model
 from mmfusion.serving.onnx_session import PackedScorer
 from mmfusion.training.hardware import describe
 
-# name -> quantize_dynamic keyword arguments (MatMulConstBOnly: only weight matmuls, attention's stay fp32)
+# name -> quantize_dynamic options (MatMulConstBOnly: only weight matmuls, attention's stay fp32)
 SETTINGS = {
+    "shipped (quantize_onnx)": {},
     "int8 weights, weight matmuls only": {"weight_type": QuantType.QInt8, "extra_options": {"MatMulConstBOnly": True}},
     "uint8 weights, weight matmuls only": {"weight_type": QuantType.QUInt8, "extra_options": {"MatMulConstBOnly": True}},
     "int8 per-channel, weight matmuls only": {"weight_type": QuantType.QInt8, "per_channel": True, "extra_options": {"MatMulConstBOnly": True}},
@@ -51,30 +52,24 @@ def main() -> None:
     pre = data.preprocessor
     model = build_model(cfg.model, load_text_backbone(cfg.model.text_encoder), pre.n_numeric_features, pre.cardinalities,
                         len(pre.classes), len(pre.texts)).eval()
-    tmp = Path(tempfile.mkdtemp(prefix="int8-settings-"))
-    encoder, head = export_packed(model, collate(items[:8], tokenizer.pad_token_id), tmp / "packed")
-    variants = {"fp32": encoder, "shipped (quantize_onnx)": quantize_onnx(encoder, tmp / "shipped.onnx")}
-    for i, (name, kwargs) in enumerate(SETTINGS.items()):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(str(encoder), str(tmp / f"v{i}.onnx"), **kwargs)
-        variants[name] = tmp / f"v{i}.onnx"
-    batches = [collate(items[i : i + 64], tokenizer.pad_token_id) for i in range(0, len(items), 64)]
-    print(f"{describe()}; {len(items)} samples in batches of 64", flush=True)
-    base, reference = None, None
-    for name, path in variants.items():
-        scorer = PackedScorer(path, head, torch.get_num_threads())
-        scorer(batches[0])  # warm-up
-        passes = []
-        for _ in range(2):
-            started = time.perf_counter()
-            probs = np.concatenate([scorer(b)["probs"] for b in batches])
-            passes.append(time.perf_counter() - started)
-        rate = len(items) / min(passes)
-        base, reference = base or rate, probs if reference is None else reference
-        print(f"{name:40s} {rate:7.2f} samples/s  {rate / base:.2f}x fp32  agreement {(probs.argmax(1) == reference.argmax(1)).mean():.3f}  "
-              f"{path.stat().st_size / 2**20:.0f} MB", flush=True)
-
+    with tempfile.TemporaryDirectory(prefix="int8-settings-") as tmp:
+        encoder, head = export_packed(model, collate(items[:8], tokenizer.pad_token_id), Path(tmp) / "packed")
+        variants = {"fp32": encoder} | {name: quantize_onnx(encoder, Path(tmp) / f"v{i}.onnx", **options) for i, (name, options) in enumerate(SETTINGS.items())}
+        batches = [collate(items[i : i + 64], tokenizer.pad_token_id) for i in range(0, len(items), 64)]
+        print(f"{describe()}; {len(items)} samples in batches of 64", flush=True)
+        base, reference = None, None
+        for name, path in variants.items():
+            scorer = PackedScorer(path, head, torch.get_num_threads())
+            scorer(batches[0])  # warm-up
+            passes = []
+            for _ in range(2):
+                started = time.perf_counter()
+                probs = np.concatenate([scorer(b)["probs"] for b in batches])
+                passes.append(time.perf_counter() - started)
+            rate = len(items) / min(passes)
+            base, reference = base or rate, probs if reference is None else reference
+            print(f"{name:40s} {rate:7.2f} samples/s  {rate / base:.2f}x fp32  agreement {(probs.argmax(1) == reference.argmax(1)).mean():.3f}  "
+                  f"{path.stat().st_size / 2**20:.0f} MB", flush=True)
 
 if __name__ == "__main__":
     main()

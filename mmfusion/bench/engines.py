@@ -48,11 +48,11 @@ def quantize_fused(src: Path, dst: Path) -> Path | None:
     """int8 dynamic quantization of a fused model (as `quantize_onnx`, but its shape inference cannot type the fused
     ops' outputs: ORT's documented `DefaultTensorType` option says they are float). None where it fails."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from mmfusion.export.onnx import quantize_onnx
 
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        return dst
+        return quantize_onnx(src, dst, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     except Exception as err:  # noqa: BLE001 - that engine is left out
         log.warning("int8 quantization of the fused model failed: %s", str(err)[:200])
         return None

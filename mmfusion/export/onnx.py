@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -159,8 +159,9 @@ def add_metadata(path: str | Path, metadata: dict[str, str]) -> str:
     return sha256_bytes(blob)
 
 
-def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
-    """int8 dynamic quantization of the weights (activations quantized at run time), MatMul/Gather ops."""
+def quantize_onnx(src: str | Path, dst: str | Path, **options: Any) -> Path:
+    """int8 dynamic quantization of the weights (activations quantized at run time), MatMul/Gather ops; `options` go
+    to onnxruntime's `quantize_dynamic` (default `weight_type=QInt8`: what runs ship)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
@@ -171,7 +172,7 @@ def quantize_onnx(src: str | Path, dst: str | Path) -> Path:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(src), str(dst), **{"weight_type": QuantType.QInt8, **options})
     finally:
         logging.getLogger().removeFilter(quiet)
     return dst
