@@ -12,6 +12,7 @@ against fp32 ONNX in the same run.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from onnxruntime.quantization import QuantType
 from mmfusion.config.loading import load_config
 from mmfusion.data.datamodule import SplitDataset, collate, prepare_data
 from mmfusion.encoders import load_text_backbone, load_tokenizer
+from mmfusion.errors import UserError
 from mmfusion.export.onnx import quantize_onnx
 from mmfusion.export.packed import export_packed
 from mmfusion.modeling.classifier import build_model
@@ -38,11 +40,22 @@ SETTINGS = {
 }
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="experiments/bench.yaml")
     ap.add_argument("--samples", type=int, default=512, help="validation dialogues scored by each variant (default 512)")
     args = ap.parse_args()
+    if args.samples < 1:
+        ap.error(f"--samples {args.samples}: must be >= 1")  # one usage line, exit 2
+    try:
+        measure(args)
+    except UserError as err:  # a bad config or data: one line, as the mmfusion commands print it
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def measure(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, [f"data.synthetic.n_samples={max(1000, 7 * args.samples)}"])  # val is 15%
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.text_encoder)
@@ -72,4 +85,4 @@ def main() -> None:
                   f"{path.stat().st_size / 2**20:.0f} MB", flush=True)
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
