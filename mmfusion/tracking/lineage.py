@@ -54,7 +54,7 @@ def log_inputs(cfg: Config, data: PreparedData) -> None:
             # its schema hint about integer columns is advice for a served model's signature, not for a logged dataset
             warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
             dataset = mlflow.data.from_pandas(data.splits[split].frame[used], source=src, targets=data.columns["label"], name=f"{name}-{split}", digest=digest)
-        mlflow.log_input(dataset, context=CONTEXTS[split])
+            mlflow.log_input(dataset, context=CONTEXTS[split])  # the schema (and its hint) is inferred here
 
 
 def recorded_digests(run) -> dict[str, tuple[str, str]]:
