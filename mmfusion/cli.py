@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     progress.set_quiet(args.quiet)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmfusion").setLevel(logging.INFO)
+    # `import lightning` gives its logger a console handler of its own: without this, each of its lines prints twice
+    logging.getLogger("lightning").propagate = False
     try:
         return args.handler(args)
     except UserError as err:

@@ -73,3 +73,10 @@ def test_cli_data_error_is_exit_2_without_a_run(mlflow_uri, tiny_bert, tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "missing column(s) 'dialogue'" in proc.stderr and "d.csv" in proc.stderr and "Traceback" not in proc.stderr
     assert len(runs(mlflow_uri)) == 0
+
+
+def test_cli_train_prints_each_lightning_line_once(tiny_overrides, tmp_path):
+    proc = run_cli(["train", *tiny_overrides, "export.onnx=false", "tracking.log_model=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "GPU available:" in line]
+    assert len(lines) == 1, lines  # Lightning's own handler and the root one both printed it
