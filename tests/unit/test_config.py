@@ -12,7 +12,7 @@ from mmfusion.errors import ConfigError, UserError
 from mmfusion.fusion import list_fusions
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))  # experiments/real/ too
 QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 
 
@@ -55,7 +55,7 @@ def test_nested_section_override(tmp_path):
     assert cfg.data.synthetic.frac_both == 0.25
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT / "experiments")))
 def test_every_experiment_loads(path):
     cfg = load_config(path)
     assert build_config(resolved_dict(cfg)) == cfg and cfg != Config()  # its resolved form rebuilds it; it changes something
