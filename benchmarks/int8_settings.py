@@ -31,12 +31,13 @@ from mmfusion.modeling.classifier import build_model
 from mmfusion.serving.onnx_session import PackedScorer
 from mmfusion.training.hardware import describe
 
-# name -> quantize_dynamic options (MatMulConstBOnly: only weight matmuls, attention's stay fp32)
+# name -> quantize_dynamic options beyond quantize_onnx's defaults (s8 per-channel weights, MatMulConstBOnly: only
+# weight matmuls, attention's stay fp32)
 SETTINGS = {
-    "shipped (quantize_onnx)": {},
-    "int8 weights, weight matmuls only": {"weight_type": QuantType.QInt8, "extra_options": {"MatMulConstBOnly": True}},
-    "uint8 weights, weight matmuls only": {"weight_type": QuantType.QUInt8, "extra_options": {"MatMulConstBOnly": True}},
-    "int8 per-channel, weight matmuls only": {"weight_type": QuantType.QInt8, "per_channel": True, "extra_options": {"MatMulConstBOnly": True}},
+    "shipped (quantize_onnx: s8 per-channel, weight matmuls)": {},
+    "s8 per-tensor, every MatMul (shipped before 2026-12-03)": {"per_channel": False, "extra_options": {"MatMulConstBOnly": False}},
+    "s8 per-tensor, weight matmuls only": {"per_channel": False},
+    "u8 per-tensor, weight matmuls only": {"weight_type": QuantType.QUInt8, "per_channel": False},
 }
 
 
@@ -81,7 +82,7 @@ def measure(args: argparse.Namespace) -> None:
                 passes.append(time.perf_counter() - started)
             rate = len(items) / min(passes)
             base, reference = base or rate, probs if reference is None else reference
-            print(f"{name:40s} {rate:7.2f} samples/s  {rate / base:.2f}x fp32  agreement {(probs.argmax(1) == reference.argmax(1)).mean():.3f}  "
+            print(f"{name:56s} {rate:7.2f} samples/s  {rate / base:.2f}x fp32  agreement {(probs.argmax(1) == reference.argmax(1)).mean():.3f}  "
                   f"{path.stat().st_size / 2**20:.0f} MB", flush=True)
 
 if __name__ == "__main__":

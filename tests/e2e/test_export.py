@@ -136,6 +136,24 @@ def test_quantized_model_stays_close(concat_export, tmp_path):
     assert np.abs(int8["probs"] - fp32["probs"]).max() < 0.1  # approximate, not equal: its figures are logged
 
 
+def test_quantization_is_per_channel_on_weight_matmuls_only(concat_export, tmp_path):
+    _, _, files = concat_export
+    def graph(path):
+        proto = onnx.load(str(path))
+        return proto.graph, {t.name: t for t in proto.graph.initializer}
+    fp32_graph, _ = graph(files.encoder)
+    fp32_matmuls = [n for n in fp32_graph.node if n.op_type == "MatMul"]
+    by_weight = [n for n in fp32_matmuls if any(i in {t.name for t in fp32_graph.initializer} for i in n.input)]
+    assert 0 < len(by_weight) < len(fp32_matmuls)  # attention's Q.K and A.V multiply two activations
+    shipped, init = graph(quantize_onnx(files.encoder, tmp_path / "q.onnx"))
+    ops = [n.op_type for n in shipped.node]
+    assert ops.count("MatMulInteger") == len(by_weight) and ops.count("MatMul") == len(fp32_matmuls) - len(by_weight)
+    zero_points = [init[n.input[3]] for n in shipped.node if n.op_type == "MatMulInteger" and n.input[3] in init]  # B's
+    assert zero_points and all(len(z.dims) == 1 and z.dims[0] > 1 for z in zero_points)  # one per output channel
+    every = [n.op_type for n in graph(quantize_onnx(files.encoder, tmp_path / "all.onnx", extra_options={"MatMulConstBOnly": False}))[0].node]
+    assert every.count("MatMul") < ops.count("MatMul")  # an option given still merges into the defaults
+
+
 def test_scorer_rejects_preprocessing_of_another_width(concat_export):
     _, batches, files = concat_export
     with pytest.raises(ArtifactError, match="'numeric' has 9 values on axis 1 but the model expects 10"):
