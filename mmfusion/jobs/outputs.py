@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 import torch
@@ -47,7 +48,9 @@ def log_outputs(cfg: Config, fitted: FitResult, data: PreparedData, tokenizer, l
 
 def log_model_outputs(cfg: Config, module, frames: dict[str, pd.DataFrame], data: PreparedData, tokenizer) -> None:
     """The plots, and as `cfg` asks the ONNX export and the pyfunc model, of a fitted module, into the active run."""
-    mlflow.log_figure(router_weights_figure(frames, cfg.model.fusion), Artifact.ROUTER_PLOT)
+    fig = router_weights_figure(frames, cfg.model.fusion)
+    mlflow.log_figure(fig, Artifact.ROUTER_PLOT)
+    plt.close(fig)  # pyplot keeps every figure it made: a zoo or study process would pile them up
     log_weight_plots(cfg, frames, module, data, tokenizer.pad_token_id or 0)
     if cfg.export.onnx:  # ONNX model + parity report; raises (the run fails) if ONNX and PyTorch disagree
         log_onnx(cfg, module.model, data, tokenizer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import mlflow
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,11 +78,13 @@ def test_text_only_table(mlflow_uri, tiny_overrides, tmp_path):
     words = np.array(["refund please", "thanks a lot", "where is my parcel"])
     pd.DataFrame({"msg": [f"Buyer: {words[y]}\nSeller: ok" if i % 9 else "" for i, y in enumerate(labels)], "y": [f"c{y}" for y in labels]}).to_csv(tmp_path / "t.csv", index=False)
     cfg = load_config(None, [*tiny_overrides, "data.source=table", f"data.path={tmp_path / 't.csv'}", "data.text_column=msg", "data.label_column=y", "model.fusion=gate"])
+    open_before = set(plt.get_fignums())
     result = train(cfg)
     test = result.predictions
     assert result.metrics["test_accuracy"] == pytest.approx((test["label"] == test["pred"]).mean(), abs=1e-6)
     assert set(result.predictions.columns) >= {"prob_c0", "prob_c1", "prob_c2"} and "true_modality" not in result.predictions.columns
     assert runs(mlflow_uri)["status"].tolist() == ["FINISHED"]
+    assert set(plt.get_fignums()) <= open_before  # every plot it logged was closed: a zoo or study process trains many
 
 
 def test_failure_ends_the_run_failed(mlflow_uri, tiny_overrides, monkeypatch):
