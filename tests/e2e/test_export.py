@@ -141,9 +141,9 @@ def test_quantization_is_per_channel_on_weight_matmuls_only(concat_export, tmp_p
     def graph(path):
         proto = onnx.load(str(path))
         return proto.graph, {t.name: t for t in proto.graph.initializer}
-    fp32_graph, _ = graph(files.encoder)
+    fp32_graph, fp32_init = graph(files.encoder)
     fp32_matmuls = [n for n in fp32_graph.node if n.op_type == "MatMul"]
-    by_weight = [n for n in fp32_matmuls if any(i in {t.name for t in fp32_graph.initializer} for i in n.input)]
+    by_weight = [n for n in fp32_matmuls if any(i in fp32_init for i in n.input)]
     assert 0 < len(by_weight) < len(fp32_matmuls)  # attention's Q.K and A.V multiply two activations
     shipped, init = graph(quantize_onnx(files.encoder, tmp_path / "q.onnx"))
     ops = [n.op_type for n in shipped.node]
