@@ -262,7 +262,7 @@ def build_report(run_id: str, top: int = 10) -> Report:
             png[name] = buf.getvalue()
             plots.plt.close(fig)
     per_modality = class_summary(frame, "true_modality") if "true_modality" in frame.columns else None
-    if share_columns(frame) and cfg.model.chunk_pooling == "mean":
+    if share_columns(frame) and cfg.model.chunk_pooling == "mean" and cfg.model.column_pooling == "joint":
         notes.append("model.chunk_pooling=mean: every chunk weighs the same, so the text-column shares are only each column's fraction of the chunks")
     return Report(
         run_id=run_id,

@@ -1,8 +1,10 @@
 """Which text column a sample leaned on: the share of its pooled text (h_text) that came from each column's chunks.
 
-With `model.chunk_pooling=attention` a sample's share of column k is the attention weight its chunks of column k
-received (the weights over its real chunks sum to 1); with mean pooling every chunk weighs the same, so the shares are
-only each column's fraction of the chunks. `w_text · share` is the column's part of the whole fused prediction's
+With joint column pooling (the default) and `model.chunk_pooling=attention` a sample's share of column k is the
+attention weight its chunks of column k received (the weights over its real chunks sum to 1); with joint mean pooling
+every chunk weighs the same, so the shares are only each column's fraction of the chunks. With
+`model.column_pooling=separate` h_text = sum_k W_k v_k + b, one term per column (encoders/columns.py): column k's
+share is the size of its term, |W_k v_k| / sum_j |W_j v_j| (an empty cell: 0). `w_text · share` is the column's part of the whole fused prediction's
 modality weight. A run with several text columns logs these per sample (`text_columns/<split>.csv`); `inspect`
 summarises them.
 """
@@ -33,7 +35,8 @@ SHARE_PREFIX = "share_"  # share_<text column> in the logged table
 
 
 def chunk_weights(model: "MultimodalClassifier", batch: dict) -> torch.Tensor:
-    """-> (B, C): the weight of each chunk in its sample's h_text (0 at padding; each row sums to 1, or 0 without text)."""
+    """-> (B, C): the weight of each chunk in its sample's h_text under joint pooling (0 at padding; each row sums
+    to 1, or 0 without text)."""
     mask = batch["chunk_mask"] > 0  # (B, C)
     captured: list[torch.Tensor] = []
     pool = model.chunk_pool
@@ -48,6 +51,18 @@ def chunk_weights(model: "MultimodalClassifier", batch: dict) -> torch.Tensor:
     return mask.float() / mask.sum(1, keepdim=True).clamp_min(1)
 
 
+def batch_shares(model: "MultimodalClassifier", batch: dict, n_columns: int) -> torch.Tensor:
+    """-> (B, K): each text column's share of its sample's h_text (each row sums to 1, or 0 without text)."""
+    if model.column_pool is not None:
+        _, chunks, _ = model.encode(*(batch.get(k) for k in MODEL_INPUTS))  # chunks with their column vectors added
+        terms = model.column_pool.terms(model.pool_columns(chunks, batch["chunk_mask"], batch["chunk_column"]))  # (B, K, H)
+        size = terms.float().norm(dim=-1)  # (B, K)
+        return size / size.sum(1, keepdim=True).clamp_min(1e-12)
+    w = chunk_weights(model, batch)  # (B, C)
+    source = F.one_hot(batch["chunk_column"].long(), n_columns).float()  # (B, C, K)
+    return (w.unsqueeze(-1) * source).sum(1)  # (B, K)
+
+
 def column_shares(model: "MultimodalClassifier", split: "Split", columns: list[str], pad_id: int = 0, batch_size: int = 64) -> pd.DataFrame:
     """-> id, share_<column>... per sample of `split` (columns in the order their chunks are placed)."""
     was_training = model.training
@@ -56,9 +71,7 @@ def column_shares(model: "MultimodalClassifier", split: "Split", columns: list[s
     try:
         with torch.inference_mode():
             for batch in DataLoader(SplitDataset(split), batch_size=batch_size, collate_fn=partial(collate, pad_id=pad_id)):
-                w = chunk_weights(model, batch)  # (B, C)
-                source = F.one_hot(batch["chunk_column"].long(), len(columns)).float()  # (B, C, K)
-                shares.append((w.unsqueeze(-1) * source).sum(1))  # (B, K)
+                shares.append(batch_shares(model, batch, len(columns)))  # (B, K)
     finally:
         model.train(was_training)
     table = pd.DataFrame(torch.cat(shares).numpy(), columns=[SHARE_PREFIX + c for c in columns])

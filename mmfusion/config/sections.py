@@ -88,6 +88,9 @@ class ModelConfig(Strict):
     # `freeze_text_encoder` is its old spelling (true = 0, false = all; legacy.py)
     train_text_layers: int | Literal["all"] = "all"
     chunk_pooling: Literal["mean", "attention"] = "mean"  # how chunk embeddings make h_text; mean: the original design
+    # several text columns: joint = all of a row's chunks pooled together; separate = each column's chunks pooled on
+    # their own, the column vectors side by side projected to H (encoders/columns.py; results/real/quickstart_sweep/)
+    column_pooling: Literal["joint", "separate"] = "joint"
     fusion_dim: int = Field(128, ge=2)
     tab_hidden: int = Field(128, ge=2)
     tab_dim: int = Field(64, ge=2)

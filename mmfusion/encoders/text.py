@@ -74,10 +74,16 @@ class AttentionChunkPool(nn.Module):
 
     def forward(self, chunks: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
         """(B, C, H), (B, C) -> (B, H)."""
-        real = chunk_mask > 0
-        scores = self.score(chunks).squeeze(-1).float().masked_fill(~real, -1e4)  # exp(-1e4 - max) is exactly 0
-        weights = scores.softmax(dim=-1) * real  # an all-padding row: uniform over zero vectors, then masked to 0
-        return (weights.unsqueeze(-1).to(chunks.dtype) * chunks).sum(1)
+        return (self.weights(chunks, chunk_mask).unsqueeze(-1).to(chunks.dtype) * chunks).sum(1)
+
+    def weights(self, chunks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, C, H) chunks, mask (B, C) or per text column (B, K, C) -> softmax weights of the mask's shape."""
+        real = mask > 0
+        scores = self.score(chunks).squeeze(-1).float()  # (B, C)
+        if real.dim() == 3:
+            scores = scores.unsqueeze(1)  # (B, 1, C): the same scores, a softmax within each column
+        scores = scores.masked_fill(~real, -1e4)  # exp(-1e4 - max) is exactly 0
+        return scores.softmax(dim=-1) * real  # an all-padding row: uniform over zero vectors, then masked to 0
 
 
 def length_groups(lengths: torch.Tensor, max_groups: int) -> list[torch.Tensor]:

@@ -9,6 +9,7 @@ from torch import nn
 
 from mmfusion.config import ModelConfig
 from mmfusion.encoders import AttentionChunkPool, TabularEncoder, TextEncoder, masked_chunk_mean
+from mmfusion.encoders.columns import ColumnProjection, column_masks, mean_weights
 from mmfusion.encoders.partial import cached_chunks, check_text_layers, encoder_layers, frozen_lower
 from mmfusion.encoders.text import set_dropout
 from mmfusion.fusion import Fusion, create_fusion
@@ -23,7 +24,7 @@ class ModelOutput(NamedTuple):
 
 class MultimodalClassifier(nn.Module):
     def __init__(self, text_encoder: TextEncoder, tab_encoder: TabularEncoder, fusion: Fusion, n_classes: int, chunk_pool: nn.Module | None = None,
-                 n_text_columns: int = 1, text_lower: int | None = None) -> None:
+                 n_text_columns: int = 1, text_lower: int | None = None, column_pooling: str = "joint") -> None:
         super().__init__()
         self.text_encoder, self.tab_encoder, self.fusion = text_encoder, tab_encoder, fusion
         # partial fine-tuning: the embeddings and the first `text_lower` encoder layers are frozen (eval mode, no
@@ -36,6 +37,8 @@ class MultimodalClassifier(nn.Module):
         self.column_embedding = nn.Embedding(n_text_columns, text_encoder.hidden_size) if n_text_columns > 1 else None
         if self.column_embedding is not None:
             nn.init.zeros_(self.column_embedding.weight)
+        # separate: each column's chunks pooled on their own, then projected together (encoders/columns.py)
+        self.column_pool = ColumnProjection(n_text_columns, text_encoder.hidden_size) if n_text_columns > 1 and column_pooling == "separate" else None
         self.head = nn.Linear(fusion.out_dim, n_classes)
 
     def forward(
@@ -72,10 +75,19 @@ class MultimodalClassifier(nn.Module):
         if self.column_embedding is not None:
             column = chunk_column if chunk_column is not None else torch.zeros_like(chunk_mask)
             chunks = chunks + self.column_embedding(column.long()).to(chunks.dtype) * chunk_mask.unsqueeze(-1).to(chunks.dtype)  # (B, C, H)
-            h_text = masked_chunk_mean(chunks, chunk_mask)
-        if self.chunk_pool is not None:
+        if self.column_pool is not None:
+            h_text = self.column_pool(self.pool_columns(chunks, chunk_mask, column))
+        elif self.chunk_pool is not None:
             h_text = self.chunk_pool(chunks, chunk_mask)
+        elif self.column_embedding is not None:
+            h_text = masked_chunk_mean(chunks, chunk_mask)  # the column vectors changed the chunks
         return h_text, chunks, self.tab_encoder(numeric, categorical)
+
+    def pool_columns(self, chunks: torch.Tensor, chunk_mask: torch.Tensor, chunk_column: torch.Tensor) -> torch.Tensor:
+        """(B, C, H) chunks -> (B, K, H): each text column's chunks pooled on their own (zeros for an empty column)."""
+        masks = column_masks(chunk_mask, chunk_column, self.column_pool.n_columns)  # (B, K, C)
+        weights = self.chunk_pool.weights(chunks, masks) if self.chunk_pool is not None else mean_weights(masks)
+        return torch.bmm(weights.to(chunks.dtype), chunks)  # (B, K, C) @ (B, C, H) -> (B, K, H)
 
     def export_copy(self) -> "MultimodalClassifier":
         """An fp32 CPU eval copy that the ONNX exporters trace cleanly: padding chunks encoded and masked out (no
@@ -129,9 +141,9 @@ def build_model(cfg: ModelConfig, backbone: nn.Module, n_numeric: int, cardinali
     tab = TabularEncoder(n_numeric, cardinalities, cfg.category_embed_dim, cfg.tab_hidden, cfg.tab_dim, cfg.dropout)
     fusion = create_fusion(cfg.fusion, text.hidden_size, tab.out_dim, cfg)
     pool = AttentionChunkPool(text.hidden_size, cfg.fusion_dim) if cfg.chunk_pooling == "attention" else None
-    model = MultimodalClassifier(text, tab, fusion, n_classes, pool, n_text_columns, text_lower).train()  # from_pretrained leaves the encoder in eval mode
+    model = MultimodalClassifier(text, tab, fusion, n_classes, pool, n_text_columns, text_lower, cfg.column_pooling).train()  # from_pretrained leaves the encoder in eval mode
     # a modality the variant never reads (the ablations) trains nothing: no parameter is left without a gradient
-    unread = {"text": [text, pool, model.column_embedding], "tab": [tab]}
+    unread = {"text": [text, pool, model.column_embedding, model.column_pool], "tab": [tab]}
     for modality in set(unread) - set(fusion.reads):
         for part in unread[modality]:
             if part is not None:
