@@ -73,8 +73,12 @@ class AttentionChunkPool(nn.Module):
         self.score = nn.Sequential(nn.Linear(hidden, dim), nn.Tanh(), nn.Linear(dim, 1))
 
     def forward(self, chunks: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
-        """(B, C, H), (B, C) -> (B, H)."""
-        return (self.weights(chunks, chunk_mask).unsqueeze(-1).to(chunks.dtype) * chunks).sum(1)
+        """(B, C, H) chunks, mask (B, C) -> (B, H); a mask per text column (B, K, C) -> (B, K, H). Called as a module
+        (not `weights` directly) so that FSDP gathers the scorer's parameters first."""
+        weights = self.weights(chunks, chunk_mask).to(chunks.dtype)
+        if weights.dim() == 3:
+            return torch.bmm(weights, chunks)  # (B, K, C) @ (B, C, H) -> (B, K, H)
+        return (weights.unsqueeze(-1) * chunks).sum(1)
 
     def weights(self, chunks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, C, H) chunks, mask (B, C) or per text column (B, K, C) -> softmax weights of the mask's shape."""

@@ -86,8 +86,9 @@ class MultimodalClassifier(nn.Module):
     def pool_columns(self, chunks: torch.Tensor, chunk_mask: torch.Tensor, chunk_column: torch.Tensor) -> torch.Tensor:
         """(B, C, H) chunks -> (B, K, H): each text column's chunks pooled on their own (zeros for an empty column)."""
         masks = column_masks(chunk_mask, chunk_column, self.column_pool.n_columns)  # (B, K, C)
-        weights = self.chunk_pool.weights(chunks, masks) if self.chunk_pool is not None else mean_weights(masks)
-        return torch.bmm(weights.to(chunks.dtype), chunks)  # (B, K, C) @ (B, C, H) -> (B, K, H)
+        if self.chunk_pool is not None:
+            return self.chunk_pool(chunks, masks)  # attention within each column
+        return torch.bmm(mean_weights(masks).to(chunks.dtype), chunks)  # (B, K, C) @ (B, C, H) -> (B, K, H)
 
     def export_copy(self) -> "MultimodalClassifier":
         """An fp32 CPU eval copy that the ONNX exporters trace cleanly: padding chunks encoded and masked out (no

@@ -94,7 +94,7 @@ class FusionClassifierModule(L.LightningModule):
         for layer in transformer_layers(m.text_encoder.backbone)[m.text_lower or 0 :]:
             if not isinstance(layer, FSDPModule):
                 fully_shard(layer, mesh=mesh)
-        for part in (None if m.text_lower is not None else m.text_encoder, m.tab_encoder, m.chunk_pool, m.column_pool, m.fusion, m.head):
+        for part in (None if m.text_lower is not None else m.text_encoder, m.tab_encoder, m.chunk_pool, m.column_embedding, m.column_pool, m.fusion, m.head):
             if part is not None and not isinstance(part, FSDPModule) and any(True for _ in part.parameters()):
                 fully_shard(part, mesh=mesh)
 

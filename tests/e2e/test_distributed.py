@@ -171,3 +171,23 @@ def _wait_for_worker(parent: int, rank: int) -> int:
         return None
 
     return _wait_for(probe, timeout=120)
+
+
+@pytest.mark.parametrize("pooling", ["joint", "separate"])
+def test_fsdp_job_with_several_text_columns(mlflow_uri, tiny_overrides, tmp_path, pooling):
+    """Two text columns under FSDP: the column vectors (and, pooled apart, the column projection and the chunk scorer
+    called per column) are sharded with the rest, so gradient clipping sees DTensors only; the gathered model logged
+    by rank 0 predicts the test rows as the 2-rank job logged them."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)
+    pd.DataFrame({"id": [f"r{i}" for i in range(120)], "title": np.where(y == 1, "love it", "send it back"),
+                  "body": [f"arrived on day {d}" for d in rng.integers(1, 9, 120)], "age": rng.integers(18, 80, 120), "y": y}).to_csv(tmp_path / "r.csv", index=False)
+    table = ["data.source=table", f"data.path={tmp_path / 'r.csv'}", "data.text_columns=[title,body]", "data.label_column=y", "data.id_column=id",
+             "data.numeric_columns=[age]", "data.categorical_columns=[]", f"model.column_pooling={pooling}", "model.chunk_pooling=attention", "trainer.max_epochs=2"]
+    result = train(load_config(None, [*tiny_overrides, *table, *FSDP]))
+    run = mlflow.MlflowClient(mlflow_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mmfusion.world_size"] == "2"
+    logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="predictions/test.csv", dst_path=str(tmp_path)))
+    single = mlflow.pyfunc.load_model(f"models:/{logged_model_id(result.run_id, 'model')}").predict(result.data.splits["test"].frame)
+    assert len(logged) == len(result.data.splits["test"].ids)
+    np.testing.assert_allclose(single.filter(like="prob_").to_numpy(), logged.filter(like="prob_").to_numpy(), atol=1e-5)
